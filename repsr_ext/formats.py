@@ -278,3 +278,20 @@ def _plain_from_srvgg(path: Path, tensors: dict, act: str | None) -> PlainSR:
     biases = [tensors[f"body.{2 * k}.bias"] for k in range(num_layers)]
     slopes = [tensors[f"body.{2 * k + 1}.weight"] for k in range(num_layers - 1)] if act == "prelu" else None
     return PlainSR(weights, biases, act=act, slopes=slopes, scale=scale, residual="nearest", block_type="srvgg")
+
+
+# --- ONNX ------------------------------------------------------------------------------------------
+def export_onnx(model: PlainSR, path, opset: int = 17) -> None:
+    """Writes ``model`` as ONNX with dynamic batch, height and width (input "lr", output "sr")."""
+    model = model.eval()
+    example = torch.rand(1, model.in_channels, 16, 16, dtype=next(model.parameters()).dtype)
+    dynamic = {"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "out_height", 3: "out_width"}}
+
+    def write(tmp: str) -> None:
+        # The TorchScript exporter needs no extra package (the dynamo one needs onnxscript).
+        torch.onnx.export(
+            model, (example,), tmp, input_names=["lr"], output_names=["sr"],
+            dynamic_axes=dynamic, opset_version=opset, dynamo=False,
+        )
+
+    _atomic_write(path, write)

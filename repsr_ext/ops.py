@@ -1,0 +1,74 @@
+"""The compiled ops: loads repsr_ext._C once, checks it was built for this torch, and registers the
+fake (meta) kernels so the ops work under torch.compile and pass torch.library.opcheck.
+
+    torch.ops.repsr_ext.fused_sr(input, weights, biases, neg_slopes, scale, residual, clamp)
+        float [N, C, H, W] -> [N, C_out, H*scale, W*scale]
+    torch.ops.repsr_ext.fused_sr_u8(image, weights, biases, neg_slopes, scale, residual)
+        uint8 [N, H, W, C] -> uint8 [N, H*scale, W*scale, C_out] (rounded, clamped)
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+_FIX = (
+    "Rebuild it against the torch you run, from the repository root:\n"
+    "    pip install --no-build-isolation .\n"
+    "(add -e for an editable install)."
+)
+
+_load_error: str | None = None
+build_info = None
+
+try:
+    from . import _build_info as build_info  # written by setup.py
+except ImportError:
+    _load_error = f"the repsr_ext C++ extension was never built (no repsr_ext/_build_info.py). {_FIX}"
+else:
+    try:
+        from . import _C  # noqa: F401  (importing registers the ops)
+    except ImportError as e:
+        _load_error = f"the repsr_ext C++ extension could not be loaded ({e}). {_FIX}"
+if _load_error is None:
+    if build_info.TORCH_VERSION != torch.__version__:
+        _load_error = (
+            f"the repsr_ext C++ extension was built for torch {build_info.TORCH_VERSION} but torch "
+            f"{torch.__version__} is running. {_FIX}"
+        )
+
+if _load_error:
+    warnings.warn(_load_error, RuntimeWarning, stacklevel=2)
+
+
+def require_extension() -> None:
+    """Raises with the fix when the extension is missing or built for another torch: the fused
+    engine never falls back silently to something slower."""
+    if _load_error:
+        raise RuntimeError(_load_error)
+
+
+def has_backend(device_type: str) -> bool:
+    return _load_error is None and device_type in build_info.BACKENDS
+
+
+def cpu_isa() -> str:
+    require_extension()
+    return torch.ops.repsr_ext.cpu_isa()
+
+
+def _out_channels(biases, scale: int) -> int:
+    return biases[-1].shape[0] // (scale * scale)
+
+
+if _load_error is None:
+
+    @torch.library.register_fake("repsr_ext::fused_sr")
+    def _fused_sr_fake(input, weights, biases, neg_slopes, scale, residual, clamp):
+        n, _, h, w = input.shape
+        return input.new_empty((n, _out_channels(biases, scale), h * scale, w * scale))
+
+    @torch.library.register_fake("repsr_ext::fused_sr_u8")
+    def _fused_sr_u8_fake(image, weights, biases, neg_slopes, scale, residual):
+        n, h, w, _ = image.shape
+        return image.new_empty((n, h * scale, w * scale, _out_channels(biases, scale)))
