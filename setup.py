@@ -69,14 +69,16 @@ def extension():
     with_cuda = decide_cuda()
     write_build_info(with_cuda)
     cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/*_common.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
-    cxx_flags = ["-O3", "-std=c++17", "-fvisibility=hidden"]
+    # No -std flag: torch's BuildExtension picks the standard its headers need (C++17 up to
+    # torch 2.13, C++20 from 2.14).
+    cxx_flags = ["-O3", "-fvisibility=hidden"]
     if not with_cuda:
         return CppExtension(
             "repsr_ext._C", cpu_sources, include_dirs=[os.path.join(HERE, "csrc")],
             extra_compile_args={"cxx": cxx_flags},
         )
     cuda_sources = ["csrc/ops_cuda.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
-    nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension(
         "repsr_ext._C", cpu_sources + cuda_sources,
         include_dirs=[os.path.join(HERE, "csrc")] + cuda_library_includes(),

@@ -1,0 +1,157 @@
+// The float32 segment kernel (CUDA cores). One block = one output tile of one image: it loads the
+// tile's input with a halo of one pixel per layer of the segment into shared memory, runs the
+// segment's layers plane to plane in shared memory, and writes either the boundary map (NCHW fp32)
+// or, for the tail, the pixel-shuffled output. Planes are planar: [c][rows][cols] floats.
+#include "device_utils.cuh"
+
+namespace repsr {
+namespace cuda {
+namespace {
+
+// Plane 0 from the image (any dtype and strides) or from the previous segment's map; zero outside
+// the image (layer 0's padding). Column-fastest, so a warp reads along an image row.
+__device__ void f32_load_plane(const SegmentParams& p, int64_t n, const Plane& pl, int channels,
+                               float* dst) {
+  const int pixels = pl.rows * pl.cols;
+  const float* map = static_cast<const float*>(p.map_in);
+  for (int i = threadIdx.x; i < channels * pixels; i += kThreads) {
+    const int c = i / pixels, pix = i - c * pixels;
+    const int py = pix / pl.cols, px = pix - py * pl.cols;
+    const int64_t y = pl.y0 + py, x = pl.x0 + px;
+    float v = 0.0f;
+    if (in_image(y, x, p.height, p.width)) {
+      v = p.from_image ? load_image(p.image, n, c, y, x)
+                       : __ldg(map + f32_map_offset(n, c, y, x, p.height, p.width, channels));
+    }
+    dst[i] = v;
+  }
+}
+
+// The segment's output plane (exactly the tile) to the boundary map, in-image pixels only.
+__device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl, int channels,
+                              const float* src) {
+  const int pixels = pl.rows * pl.cols;
+  float* map = static_cast<float*>(p.map_out);
+  for (int i = threadIdx.x; i < channels * pixels; i += kThreads) {
+    const int c = i / pixels, pix = i - c * pixels;
+    const int py = pix / pl.cols, px = pix - py * pl.cols;
+    const int64_t y = pl.y0 + py, x = pl.x0 + px;
+    if (in_image(y, x, p.height, p.width))
+      map[f32_map_offset(n, c, y, x, p.height, p.width, channels)] = src[i];
+  }
+}
+
+// One 3x3 conv + bias + activation from plane `pin` (in) to plane `pout`. Thread item: kF32Rows
+// consecutive output rows of one column x kF32Couts output channels, so each input value loaded
+// from shared memory feeds up to 3 x kF32Rows x kF32Couts FMAs and the 8 weights of a tap are two
+// float4 loads that the warp shares (items of a warp mostly have the same channel group).
+// Neighbouring threads take neighbouring columns: conflict-free shared-memory access.
+// Non-tail: results go to `out` (plane pout's layout), zero outside the image. Tail: each value
+// goes through tail_store (pixel shuffle, residual, clamp) to global memory instead.
+__device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, int64_t n,
+                               const float* in, const Plane& pin, float* out, const Plane& pout,
+                               bool tail) {
+  const int cin = layer.cin, cout = layer.cout;
+  const int calloc = f32_cout_alloc(cout);
+  const int row_groups = static_cast<int>(ceil_div(pout.rows, kF32Rows));
+  const int items = static_cast<int>(f32_items(cout, pout.rows, pout.cols));
+  const int in_cs = pin.rows * pin.cols;    // channel stride of the input plane
+  const int out_cs = pout.rows * pout.cols;
+  const float* weight = static_cast<const float*>(layer.weight);
+
+  for (int item = threadIdx.x; item < items; item += kThreads) {
+    const int x = item % pout.cols;
+    const int rest = item / pout.cols;
+    const int y0 = (rest % row_groups) * kF32Rows;
+    const int co0 = (rest / row_groups) * kF32Couts;
+
+    // Input rows y0 .. y0 + kF32Rows + 1 (3 taps below each output row). Rows past the plane
+    // (last, partial row group) are clamped to its last row: valid addresses, results dropped.
+    int row_off[kF32Rows + 2];
+#pragma unroll
+    for (int r = 0; r < kF32Rows + 2; ++r) row_off[r] = imin(y0 + r, pin.rows - 1) * pin.cols + x;
+
+    float acc[kF32Rows][kF32Couts];
+#pragma unroll
+    for (int r = 0; r < kF32Rows; ++r)
+#pragma unroll
+      for (int c = 0; c < kF32Couts; ++c) acc[r][c] = 0.0f;
+
+    for (int ci = 0; ci < cin; ++ci) {
+      const float* src = in + ci * in_cs;
+      const float* wci = weight + f32_weight_offset(ci, 0, co0, calloc);
+#pragma unroll
+      for (int kx = 0; kx < 3; ++kx) {
+        float v[kF32Rows + 2];
+#pragma unroll
+        for (int r = 0; r < kF32Rows + 2; ++r) v[r] = src[row_off[r] + kx];
+#pragma unroll
+        for (int ky = 0; ky < 3; ++ky) {
+          const float4* wp = reinterpret_cast<const float4*>(wci + (ky * 3 + kx) * calloc);
+          const float4 wa = __ldg(wp), wb = __ldg(wp + 1);
+          const float w[kF32Couts] = {wa.x, wa.y, wa.z, wa.w, wb.x, wb.y, wb.z, wb.w};
+#pragma unroll
+          for (int r = 0; r < kF32Rows; ++r)
+#pragma unroll
+            for (int c = 0; c < kF32Couts; ++c) acc[r][c] = fmaf(v[r + ky], w[c], acc[r][c]);
+        }
+      }
+    }
+
+#pragma unroll
+    for (int r = 0; r < kF32Rows; ++r) {
+      const int y = y0 + r;
+      if (y >= pout.rows) break;
+      const int64_t iy = pout.y0 + y, ix = pout.x0 + x;
+      const bool inside = in_image(iy, ix, p.height, p.width);
+      if (tail && !inside) continue;  // edge tile: beyond the image, nothing to write
+#pragma unroll
+      for (int c = 0; c < kF32Couts; ++c) {
+        const int co = co0 + c;
+        if (co >= cout) break;
+        const float v = activate(acc[r][c] + __ldg(layer.bias + co), layer.slope, co);
+        if (tail)
+          tail_store(p, n, iy, ix, co, v);
+        else
+          out[co * out_cs + y * pout.cols + x] = inside ? v : 0.0f;  // next layer's zero padding
+      }
+    }
+  }
+}
+
+__global__ void __launch_bounds__(kThreads, 2)
+    segment_fp32_kernel(const __grid_constant__ SegmentParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  // Ping-pong buffers, picked with a select (an indexed local array would live on the stack).
+  float* const buf0 = reinterpret_cast<float*>(smem + p.buf_offset[0]);
+  float* const buf1 = reinterpret_cast<float*>(smem + p.buf_offset[1]);
+  const TileCoord tile = decode_block(blockIdx.x, p.grid);
+  const int k = p.num_layers;
+  const int th = p.grid.th, tw = p.grid.tw;
+
+  f32_load_plane(p, tile.n, segment_plane(k, 0, th, tw, tile.y0, tile.x0), p.layers[0].cin, buf0);
+  __syncthreads();
+  for (int j = 0; j < k; ++j) {
+    const Plane pin = segment_plane(k, j, th, tw, tile.y0, tile.x0);
+    const Plane pout = segment_plane(k, j + 1, th, tw, tile.y0, tile.x0);
+    const bool tail = p.is_tail && j == k - 1;
+    const bool odd = j % 2 != 0;
+    f32_conv_layer(p, p.layers[j], tile.n, odd ? buf1 : buf0, pin, odd ? buf0 : buf1, pout, tail);
+    __syncthreads();  // plane j + 1 complete before anyone reads it; plane j free for reuse
+  }
+  if (!p.is_tail)
+    f32_store_map(p, tile.n, segment_plane(k, k, th, tw, tile.y0, tile.x0), p.layers[k - 1].cout,
+                  k % 2 != 0 ? buf1 : buf0);
+}
+
+}  // namespace
+
+const char* launch_segment_fp32(const SegmentParams& p, int64_t smem_bytes, int64_t smem_limit,
+                                cudaStream_t stream) {
+  return launch_segment_kernel(segment_fp32_kernel, p, smem_bytes, smem_limit, stream,
+                               "cannot set the float32 kernel's shared-memory size",
+                               "the float32 segment kernel failed to launch");
+}
+
+}  // namespace cuda
+}  // namespace repsr

@@ -1,0 +1,17 @@
+// bfloat16 instantiation of the tensor-core segment kernel (segment_tc.cuh). One file per element
+// type so the two instantiations compile in parallel.
+#include "segment_tc.cuh"
+
+namespace repsr {
+namespace cuda {
+
+const char* launch_segment_bf16(const SegmentParams& p, int64_t smem_bytes, int64_t smem_limit,
+                                cudaStream_t stream) {
+  return tc::launch_segment_tc<__nv_bfloat16>(
+      p, smem_bytes, smem_limit, stream,
+      "cannot set the bfloat16 kernel's shared-memory size",
+      "the bfloat16 segment kernel failed to launch");
+}
+
+}  // namespace cuda
+}  // namespace repsr

@@ -1,0 +1,489 @@
+// Tile arithmetic of the CUDA chain: which pixels a tile needs, shared-memory sizing, the packed
+// weight layouts, pixel-shuffle targets, and the cost model that splits a chain into segments.
+// Everything here is plain C++ as well as CUDA (REPSR_HD below), so csrc/tests/test_cuda_tiling.cpp
+// tests it on a machine without a GPU; the kernels index only through these functions.
+// Design notes: csrc/cuda/README.md.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "../fused_sr.h"
+
+#if defined(__CUDACC__)
+#define REPSR_HD __host__ __device__ __forceinline__
+#else
+#define REPSR_HD inline
+#endif
+
+namespace repsr {
+namespace cuda {
+
+// ---- Fixed kernel shape -------------------------------------------------------------------------
+constexpr int kThreads = 256;  // threads per block, both kernels
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxSegmentLayers = 16;  // layer descriptors a launch carries (halos cap it anyway)
+constexpr int64_t kMaxGridBlocks = 0x7fffffff;  // gridDim.x limit
+
+// CUDA-core (float32) path: one thread item = kF32Rows output rows x 1 column x kF32Couts channels.
+constexpr int kF32Rows = 4;
+constexpr int kF32Couts = 8;
+
+// Tensor-core path: channels padded to kTcChannelAlign (one k16 step of mma.m16n8k16); a pixel's
+// channels are contiguous in shared memory, followed by kTcPixelSkew unused elements so that the
+// 8 rows an ldmatrix phase reads (8 neighbouring pixels) fall into 8 different 16-byte bank groups
+// (the pixel stride is an odd multiple of 16 bytes). A warp work unit is kTcWarpMTiles m16 tiles
+// (pixels) x NT n8 tiles (output channels).
+constexpr int kTcChannelAlign = 16;
+constexpr int kTcPixelSkew = 8;
+constexpr int kTcWarpMTiles = 2;
+constexpr int kTcWarpPixels = 16 * kTcWarpMTiles;
+constexpr int kTcMaxNTiles = 8;  // 64 output channels per warp unit
+
+// Byte alignment of every workspace region and shared-memory buffer.
+constexpr int64_t kWorkspaceAlign = 256;
+constexpr int64_t kSmemAlign = 128;
+
+enum class Path : int32_t { kFp32 = 0, kTensorCore = 1 };
+
+REPSR_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+REPSR_HD int64_t round_up(int64_t v, int64_t m) { return ceil_div(v, m) * m; }
+REPSR_HD int imin(int a, int b) { return a < b ? a : b; }
+
+// ---- Tiles --------------------------------------------------------------------------------------
+// A segment launch covers the batch with th x tw output tiles; block b of the 1-D grid is tile
+// (n, ty, tx). The block count sits in gridDim.x (limit 2^31 - 1), never y/z (limit 65535).
+struct TileGrid {
+  int32_t th = 1, tw = 1;
+  int64_t n = 0, tiles_y = 0, tiles_x = 0;
+};
+
+REPSR_HD TileGrid make_tile_grid(int64_t n, int64_t h, int64_t w, int th, int tw) {
+  TileGrid g;
+  g.th = th;
+  g.tw = tw;
+  g.n = n;
+  g.tiles_y = ceil_div(h, th);
+  g.tiles_x = ceil_div(w, tw);
+  return g;
+}
+
+REPSR_HD int64_t grid_blocks(const TileGrid& g) { return g.n * g.tiles_y * g.tiles_x; }
+
+struct TileCoord {
+  int64_t n, y0, x0;  // batch index and image position of the tile's first output pixel
+};
+
+REPSR_HD TileCoord decode_block(int64_t block, const TileGrid& g) {
+  const int64_t per_image = g.tiles_y * g.tiles_x;
+  TileCoord t;
+  t.n = block / per_image;
+  const int64_t rest = block - t.n * per_image;
+  const int64_t ty = rest / g.tiles_x;
+  t.y0 = ty * g.th;
+  t.x0 = (rest - ty * g.tiles_x) * g.tw;
+  return t;
+}
+
+// Plane j of a k-layer segment: the input of the segment's layer j (j = 0: the loaded tile, j = k:
+// the segment's output, exactly the tile). Layer j still has k - j layers to feed, so its input
+// needs a halo of k - j pixels. Planes are not clipped to the image: pixels outside it are
+// computed like any other and then forced to 0, the next layer's zero padding.
+struct Plane {
+  int32_t rows, cols;
+  int64_t y0, x0;  // image position of plane pixel (0, 0); negative at the top/left border
+};
+
+REPSR_HD Plane segment_plane(int k, int j, int th, int tw, int64_t tile_y0, int64_t tile_x0) {
+  const int halo = k - j;
+  Plane p;
+  p.rows = th + 2 * halo;
+  p.cols = tw + 2 * halo;
+  p.y0 = tile_y0 - halo;
+  p.x0 = tile_x0 - halo;
+  return p;
+}
+
+REPSR_HD bool in_image(int64_t y, int64_t x, int64_t h, int64_t w) {
+  return y >= 0 && y < h && x >= 0 && x < w;
+}
+
+// Element (n, c, y, x) of a strided image, in elements; 64-bit throughout (an 8K x4 output holds
+// more than 2^31 elements).
+REPSR_HD int64_t image_offset(const ImageRef& im, int64_t n, int64_t c, int64_t y, int64_t x) {
+  return n * im.stride_n + c * im.stride_c + y * im.stride_h + x * im.stride_w;
+}
+
+// Segment-boundary maps in the workspace. Tensor cores: NHWC with tc_channels(c) channels (zero
+// padding included, so the next segment loads whole 16-byte chunks). float32: NCHW.
+REPSR_HD int64_t tc_map_offset(int64_t n, int64_t y, int64_t x, int64_t h, int64_t w, int cpad) {
+  return ((n * h + y) * w + x) * cpad;
+}
+REPSR_HD int64_t f32_map_offset(int64_t n, int64_t c, int64_t y, int64_t x, int64_t h, int64_t w,
+                                int channels) {
+  return ((n * channels + c) * h + y) * w + x;
+}
+
+// ---- Pixel shuffle ------------------------------------------------------------------------------
+// Tail channel co = c * r * r + i * r + j goes to output (c, y * r + i, x * r + j).
+struct ShuffleTarget {
+  int32_t c, i, j;
+};
+
+REPSR_HD ShuffleTarget shuffle_target(int co, int r) {
+  ShuffleTarget t;
+  const int rr = r * r;
+  t.c = co / rr;
+  const int ij = co - t.c * rr;
+  t.i = ij / r;
+  t.j = ij - t.i * r;
+  return t;
+}
+
+// ---- Channel layouts ----------------------------------------------------------------------------
+REPSR_HD int tc_channels(int c) { return static_cast<int>(round_up(c, kTcChannelAlign)); }
+REPSR_HD int tc_pixel_stride(int c) { return tc_channels(c) + kTcPixelSkew; }
+// n8 tiles per warp unit: the whole (padded) cout up to 64 channels (2, 4, 6 or 8 tiles), else
+// units of 64 channels.
+REPSR_HD int tc_warp_ntiles(int cout) {
+  const int cp = tc_channels(cout);
+  return cp <= 8 * kTcMaxNTiles ? cp / 8 : kTcMaxNTiles;
+}
+// Output channels the packed weights hold: a whole number of warp units (zeros beyond cout).
+REPSR_HD int tc_cout_alloc(int cout) {
+  return static_cast<int>(round_up(tc_channels(cout), 8 * tc_warp_ntiles(cout)));
+}
+REPSR_HD int f32_cout_alloc(int cout) { return static_cast<int>(round_up(cout, kF32Couts)); }
+
+// Packed tensor-core weights of one layer, as the mma B operand (K = 9 * cin_p, N = cout_alloc,
+// k = tap * cin_p + ci with tap = ky * 3 + kx) laid out in fragment order: for each k16 step kc and
+// each pair of n8 tiles, 32 lanes x 8 elements (16 bytes: b0 b1 b2 b3 of the even tile, then of
+// the odd tile). A warp reads one step of a tile pair as one coalesced 512-byte uint4 load.
+// Lane l (g = l / 4, t = l % 4) holds b0, b1 = B(2t, g), B(2t + 1, g) and b2, b3 = B(2t + 8, g),
+// B(2t + 9, g) of each n8 tile (PTX ISA, mma.m16n8k16 B fragment).
+REPSR_HD int64_t tc_weight_elements(int cin, int cout) {
+  return int64_t{9} * tc_channels(cin) * tc_cout_alloc(cout);
+}
+REPSR_HD int64_t tc_b_offset(int64_t kc, int pair, int lane, int pairs) {
+  return ((kc * pairs + pair) * 32 + lane) * 8;
+}
+// Inverse of the packing: the (k, n) of B that packed element `e` holds.
+REPSR_HD void tc_b_source(int64_t e, int cout_alloc, int64_t* k, int* n) {
+  const int pairs = cout_alloc / 16;
+  const int elem = static_cast<int>(e % 8);
+  const int lane = static_cast<int>((e / 8) % 32);
+  const int pair = static_cast<int>((e / 256) % pairs);
+  const int64_t kc = e / (256 * int64_t{pairs});
+  const int tile = pair * 2 + elem / 4;
+  const int r = elem % 4;  // b0..b3
+  *k = kc * 16 + 2 * (lane % 4) + (r & 1) + (r >= 2 ? 8 : 0);
+  *n = tile * 8 + lane / 4;
+}
+// mma.m16n8k16 accumulator c0..c3 of lane l: row (pixel) l / 4 (+8 for c2, c3), column (channel)
+// 2 * (l % 4) (+1 for c1, c3).
+REPSR_HD int tc_acc_row(int lane, int r) { return lane / 4 + (r >= 2 ? 8 : 0); }
+REPSR_HD int tc_acc_col(int lane, int r) { return 2 * (lane % 4) + (r & 1); }
+// ldmatrix.x4 of a 16x16 A tile: lane l gives the address of row l % 16, columns (l / 16) * 8..+7;
+// matrices 0..3 = (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15)
+// are exactly a0a1, a2a3, a4a5, a6a7 of the A fragment.
+REPSR_HD int tc_a_row(int lane) { return lane % 16; }
+REPSR_HD int tc_a_col(int lane) { return (lane / 16) * 8; }
+
+// float32 weights: [ci][ky][kx][f32_cout_alloc], zeros beyond cout, so a thread reads its 8 output
+// channels of one tap as two float4 loads that a warp shares (broadcast).
+REPSR_HD int64_t f32_weight_elements(int cin, int cout) {
+  return int64_t{9} * cin * f32_cout_alloc(cout);
+}
+REPSR_HD int64_t f32_weight_offset(int ci, int tap, int co, int cout_alloc) {
+  return (int64_t{ci} * 9 + tap) * cout_alloc + co;
+}
+
+// Blocks per SM the kernels' register budgets allow (__launch_bounds__ minimum blocks): the
+// tensor-core kernel comes in a variant for layers of <= 4 n8 tiles per warp unit (<= 32 output
+// channels, 128 registers) and one for up to 8 (~160 registers); the float32 kernel fits 128.
+REPSR_HD constexpr int tc_blocks_per_sm_by_registers(int max_ntiles) { return max_ntiles <= 4 ? 2 : 1; }
+constexpr int kF32BlocksPerSmByRegisters = 2;
+
+// Work of one layer whose output plane is rows x cols, in the units the kernels distribute.
+REPSR_HD int64_t f32_items(int cout, int rows, int cols) {
+  return ceil_div(cout, kF32Couts) * ceil_div(rows, kF32Rows) * cols;
+}
+REPSR_HD int64_t tc_units(int cout, int rows, int cols) {
+  const int64_t m_blocks = ceil_div(int64_t{rows} * cols, kTcWarpPixels);
+  return m_blocks * (tc_cout_alloc(cout) / (8 * tc_warp_ntiles(cout)));
+}
+
+// ---- Shared memory ------------------------------------------------------------------------------
+REPSR_HD int64_t plane_bytes(Path path, int channels, int rows, int cols) {
+  const int64_t pixels = int64_t{rows} * cols;
+  return path == Path::kFp32 ? pixels * channels * 4 : pixels * tc_pixel_stride(channels) * 2;
+}
+
+// Two ping-pong buffers: layer j reads buffer j % 2 and writes buffer (j + 1) % 2. `widths` holds
+// the k + 1 channel counts of planes 0..k. A tail segment's last layer writes to global memory, so
+// its plane k takes no space.
+struct SmemLayout {
+  int64_t offset[2];
+  int64_t total;
+};
+
+REPSR_HD SmemLayout segment_smem(Path path, const int* widths, int k, bool tail, int th, int tw) {
+  int64_t size[2] = {0, 0};
+  const int last = tail ? k - 1 : k;
+  for (int j = 0; j <= last; ++j) {
+    const Plane p = segment_plane(k, j, th, tw, 0, 0);
+    const int64_t b = plane_bytes(path, widths[j], p.rows, p.cols);
+    if (b > size[j % 2]) size[j % 2] = b;
+  }
+  SmemLayout s;
+  s.offset[0] = 0;
+  s.offset[1] = round_up(size[0], kSmemAlign);
+  s.total = s.offset[1] + round_up(size[1], kSmemAlign);
+  return s;
+}
+
+// ---- Cost model (host) --------------------------------------------------------------------------
+// What the planner knows of the device. sm_count and the shared-memory limits are queried at run
+// time; the rates are rough H100 figures (only their ratios steer the choice; see README.md).
+struct DeviceModel {
+  int sm_count = 132;
+  int64_t smem_per_block = 227 * 1024;  // opt-in maximum of dynamic shared memory per block
+  int64_t smem_per_sm = 228 * 1024;
+  double tc_macs_per_sm_s = 0.9e12;     // mma.sync fp16/bf16, ~half of the dense peak
+  double f32_macs_per_sm_s = 0.13e12;   // FFMA, ~60% of peak
+  double bytes_per_s = 2.5e12;          // HBM, achievable
+  double launch_s = 3e-6;               // per segment kernel
+};
+
+// The chain as the planner sees it.
+struct ChainShape {
+  Path path = Path::kFp32;
+  std::vector<int> widths;  // num_layers + 1 channel counts: widths[0] = in, widths[l + 1] = cout of l
+  int64_t n = 0, h = 0, w = 0;
+  int scale = 1;
+  int in_bytes = 4, out_bytes = 4;  // image element sizes
+  bool residual = false;
+  int num_layers() const { return static_cast<int>(widths.size()) - 1; }
+};
+
+inline int compute_bytes(Path path) { return path == Path::kFp32 ? 4 : 2; }
+// Channels a boundary map stores per pixel.
+inline int map_channels(Path path, int c) { return path == Path::kFp32 ? c : tc_channels(c); }
+
+struct SegmentPlan {
+  int first = 0, last = 0;  // layers [first, last)
+  int th = 0, tw = 0;
+  SmemLayout smem{{0, 0}, 0};
+  TileGrid grid;
+  double cost = 0;  // seconds, by the model
+};
+
+inline int64_t segment_smem_bytes(const ChainShape& s, int first, int last, int th, int tw) {
+  const bool tail = last == s.num_layers();
+  return segment_smem(s.path, s.widths.data() + first, last - first, tail, th, tw).total;
+}
+
+// Blocks of layers [first, last) that can be resident on one SM: the kernel variant's register
+// budget, and the shared memory.
+inline int blocks_per_sm(const DeviceModel& d, const ChainShape& s, int first, int last,
+                         int64_t smem) {
+  int by_regs = kF32BlocksPerSmByRegisters;
+  if (s.path == Path::kTensorCore) {
+    int max_nt = 0;
+    for (int l = first; l < last; ++l) max_nt = std::max(max_nt, tc_warp_ntiles(s.widths[l + 1]));
+    by_regs = tc_blocks_per_sm_by_registers(max_nt);
+  }
+  const int64_t by_smem = d.smem_per_sm / (smem + 1024);  // the runtime reserves 1 KiB per block
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(by_smem, by_regs)));
+}
+
+// Estimated seconds of one segment launch with th x tw tiles:
+//   compute  per block: for each layer, its work units (kernel granularity) in rounds over the
+//            block's threads, so a plane that leaves warps idle costs its idle time too; halo rings
+//            are computed by every tile that needs them. Blocks run in waves over the SMs; a
+//            resident block shares its SM with the others.
+//   memory   the loaded tiles with their halos, the boundary map or the final output written, the
+//            residual input read, at HBM bandwidth.
+//   launch   a fixed cost per segment.
+inline double segment_cost(const DeviceModel& d, const ChainShape& s, int first, int last, int th,
+                           int tw) {
+  const int k = last - first;
+  const bool tail = last == s.num_layers();
+  const TileGrid g = make_tile_grid(s.n, s.h, s.w, th, tw);
+  const int64_t blocks = grid_blocks(g);
+  const int64_t smem = segment_smem_bytes(s, first, last, th, tw);
+
+  double block_s = 0;
+  for (int j = 0; j < k; ++j) {
+    const int cin = s.widths[first + j], cout = s.widths[first + j + 1];
+    const Plane out = segment_plane(k, j + 1, th, tw, 0, 0);
+    if (s.path == Path::kFp32) {
+      const int64_t rounds = ceil_div(f32_items(cout, out.rows, out.cols), kThreads);
+      const double macs = double(rounds) * kThreads * kF32Rows * kF32Couts * 9.0 * cin;
+      block_s += macs / d.f32_macs_per_sm_s;
+    } else {
+      const int64_t rounds = ceil_div(tc_units(cout, out.rows, out.cols), kWarps);
+      const double macs =
+          double(rounds) * kWarps * kTcWarpPixels * 8.0 * tc_warp_ntiles(cout) * 9.0 * tc_channels(cin);
+      block_s += macs / d.tc_macs_per_sm_s;
+    }
+  }
+  const int per_sm = blocks_per_sm(d, s, first, last, smem);
+  const int64_t wave = int64_t{d.sm_count} * per_sm;
+  // Full waves keep per_sm blocks on every SM; the last partial wave has ceil(rest / SMs) blocks
+  // on its busiest SM.
+  const double block_slots = double(blocks / wave) * per_sm + double(ceil_div(blocks % wave, d.sm_count));
+  const double compute_s = block_slots * block_s;
+
+  const Plane in = segment_plane(k, 0, th, tw, 0, 0);
+  const int cin = s.widths[first];
+  const double in_elem_bytes =
+      first == 0 ? double(s.in_bytes) * cin : double(compute_bytes(s.path)) * map_channels(s.path, cin);
+  double bytes = double(blocks) * in.rows * in.cols * in_elem_bytes;
+  const double pixels = double(s.n) * s.h * s.w;
+  const int cout = s.widths[last];
+  if (tail) {
+    bytes += pixels * cout * s.out_bytes;
+    if (s.residual) bytes += pixels * (cout / (s.scale * s.scale)) * s.in_bytes;
+  } else {
+    bytes += pixels * map_channels(s.path, cout) * compute_bytes(s.path);
+  }
+  return compute_s + bytes / d.bytes_per_s + d.launch_s;
+}
+
+// Tile sizes tried along an extent: a fixed ladder below it, and the extent itself when small
+// (one tile across a small image, no wasted rows).
+inline std::vector<int> tile_candidates(int64_t extent) {
+  static const int kLadder[] = {1, 2, 4, 6, 8, 12, 16, 20, 24, 28, 32, 40, 48, 64, 96, 128};
+  std::vector<int> out;
+  for (int t : kLadder)
+    if (t < extent) out.push_back(t);
+  if (extent <= 128) out.push_back(static_cast<int>(extent));
+  return out;
+}
+
+// The cheapest tile for layers [first, last) as one segment; cost < 0 when no tile fits the
+// shared-memory budget.
+inline SegmentPlan best_segment(const DeviceModel& d, const ChainShape& s, int first, int last) {
+  SegmentPlan best;
+  best.first = first;
+  best.last = last;
+  best.cost = -1;
+  const std::vector<int> ths = tile_candidates(s.h), tws = tile_candidates(s.w);
+  for (int th : ths) {
+    for (int tw : tws) {
+      // Keep tiles roughly square (halo cost grows with the perimeter), within 1:4 either way.
+      if (tw > 4 * th + 4 || th > 4 * tw + 4) continue;
+      const int64_t smem = segment_smem_bytes(s, first, last, th, tw);
+      if (smem > d.smem_per_block) continue;
+      if (grid_blocks(make_tile_grid(s.n, s.h, s.w, th, tw)) > kMaxGridBlocks) continue;
+      const double c = segment_cost(d, s, first, last, th, tw);
+      if (best.cost < 0 || c < best.cost) {
+        best.cost = c;
+        best.th = th;
+        best.tw = tw;
+      }
+    }
+  }
+  if (best.cost >= 0) {
+    best.smem = segment_smem(s.path, s.widths.data() + first, last - first,
+                             last == s.num_layers(), best.th, best.tw);
+    best.grid = make_tile_grid(s.n, s.h, s.w, best.th, best.tw);
+  }
+  return best;
+}
+
+struct ChainPlan {
+  std::vector<SegmentPlan> segments;
+  double cost = 0;
+  const char* error = nullptr;  // non-null: no plan (the message says why)
+};
+
+// Splits the chain into consecutive segments minimizing the summed segment_cost (dynamic
+// programming over split points). At equal cost the plan with fewer segments wins.
+inline ChainPlan plan_chain(const DeviceModel& d, const ChainShape& s) {
+  ChainPlan plan;
+  const int L = s.num_layers();
+  if (L < 1 || s.n <= 0 || s.h <= 0 || s.w <= 0) {
+    plan.error = "nothing to plan: empty chain or image";
+    return plan;
+  }
+  std::vector<double> best(L + 1, -1.0);
+  std::vector<int> count(L + 1, 0), from(L + 1, -1);
+  std::vector<SegmentPlan> chosen(L + 1);
+  best[0] = 0;
+  for (int last = 1; last <= L; ++last) {
+    // Longest segment first; a segment that fits no tile only gets worse as it grows, so stop.
+    for (int first = last - 1; first >= 0 && last - first <= kMaxSegmentLayers; --first) {
+      const SegmentPlan seg = best_segment(d, s, first, last);
+      if (seg.cost < 0) break;
+      if (best[first] < 0) continue;
+      const double total = best[first] + seg.cost;
+      const int segs = count[first] + 1;
+      const bool better = best[last] < 0 || total < best[last] * (1 - 1e-9) ||
+                          (total <= best[last] * (1 + 1e-9) && segs < count[last]);
+      if (better) {
+        best[last] = total;
+        count[last] = segs;
+        from[last] = first;
+        chosen[last] = seg;
+      }
+    }
+    if (best[last] < 0) {
+      plan.error = "a layer does not fit in shared memory even with a 1x1 tile (too many channels)";
+      return plan;
+    }
+  }
+  for (int last = L; last > 0; last = from[last]) plan.segments.push_back(chosen[last]);
+  std::reverse(plan.segments.begin(), plan.segments.end());
+  plan.cost = best[L];
+  return plan;
+}
+
+// ---- Workspace ----------------------------------------------------------------------------------
+// [per layer: packed weights | bias (fp32, cout_alloc) | neg_slope (fp32, cout_alloc)] then up to
+// two segment-boundary maps (segment s reads map (s - 1) % 2 and writes map s % 2), each sized for
+// the widest boundary. Every region starts on a kWorkspaceAlign boundary.
+struct WorkspaceLayout {
+  std::vector<int64_t> weight, bias, slope;  // byte offsets per layer
+  int64_t map[2] = {0, 0};
+  int64_t map_bytes = 0;  // per map; 0 when the plan has no boundary
+  int64_t total = 0;
+};
+
+inline int cout_alloc(Path path, int cout) {
+  return path == Path::kFp32 ? f32_cout_alloc(cout) : tc_cout_alloc(cout);
+}
+
+inline WorkspaceLayout workspace_layout(const ChainShape& s, const ChainPlan& plan) {
+  WorkspaceLayout ws;
+  int64_t at = 0;
+  auto take = [&at](int64_t bytes) {
+    const int64_t start = at;
+    at = round_up(at + bytes, kWorkspaceAlign);
+    return start;
+  };
+  const int L = s.num_layers();
+  for (int l = 0; l < L; ++l) {
+    const int cin = s.widths[l], cout = s.widths[l + 1];
+    const int64_t wbytes = s.path == Path::kFp32 ? f32_weight_elements(cin, cout) * 4
+                                                 : tc_weight_elements(cin, cout) * 2;
+    ws.weight.push_back(take(wbytes));
+    ws.bias.push_back(take(int64_t{4} * cout_alloc(s.path, cout)));
+    ws.slope.push_back(take(int64_t{4} * cout_alloc(s.path, cout)));
+  }
+  const int boundaries = static_cast<int>(plan.segments.size()) - 1;
+  for (int b = 0; b < boundaries; ++b) {
+    const int c = map_channels(s.path, s.widths[plan.segments[b].last]);
+    ws.map_bytes = std::max<int64_t>(ws.map_bytes, s.n * s.h * s.w * c * compute_bytes(s.path));
+  }
+  if (boundaries >= 1) ws.map[0] = take(ws.map_bytes);
+  if (boundaries >= 2) ws.map[1] = take(ws.map_bytes);
+  ws.total = at;
+  return ws;
+}
+
+}  // namespace cuda
+}  // namespace repsr
