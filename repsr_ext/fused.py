@@ -169,13 +169,18 @@ class FusedSR:
         height, width = x.shape[dy], x.shape[dx]
         if tile is None or (height <= tile and width <= tile):
             return run(x)
-        s, halo, out = self.scale, self.halo, None
+        # The CPU op runs 3x3 convs as Winograd F(4x4, 3x3) on 4x4 blocks aligned to multiples of 4
+        # from the crop's pixel 0 (csrc/README.md). A block's rounding depends on its whole 6x6
+        # input window, so an output pixel's bits depend on up to 4 (not 1) more pixels per side
+        # per layer: crops extend 4 * num_layers pixels past the tile, and start on a multiple of 4
+        # so that the crop's block grid is the whole image's. Then tiled == untiled, bit for bit.
+        s, halo, out = self.scale, 4 * self.halo, None
         for y0 in range(0, height, tile):
             for x0 in range(0, width, tile):
                 y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
                 # The crop's border is either the image's own border (zero padding, as untiled) or
-                # `halo` pixels away from the tile, beyond the tile's receptive field.
-                cy0, cx0 = max(0, y0 - halo), max(0, x0 - halo)
+                # at least `halo` pixels away from the tile, beyond every pixel it depends on.
+                cy0, cx0 = max(0, y0 - halo) // 4 * 4, max(0, x0 - halo) // 4 * 4
                 cy1, cx1 = min(height, y1 + halo), min(width, x1 + halo)
                 crop = x.narrow(dy, cy0, cy1 - cy0).narrow(dx, cx0, cx1 - cx0)
                 part = run(crop).narrow(dy, (y0 - cy0) * s, (y1 - y0) * s).narrow(dx, (x0 - cx0) * s, (x1 - x0) * s)

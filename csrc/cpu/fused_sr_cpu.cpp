@@ -1,7 +1,9 @@
 // CpuChain: the fused chain on the CPU. One work item = (image, spatial tile). It loads the tile's
-// input with a halo of one pixel per layer, runs every layer over tile-local planes that shrink by
-// one pixel per side per layer, and writes only the final output: pixel shuffle, residual and
-// clamp / uint8 quantization are fused into the tail's epilogue. Design notes: csrc/README.md.
+// input with a halo (one pixel per direct layer, up to four per Winograd layer: tile_spans), runs
+// every layer over tile-local planes that shrink layer by layer, and writes only the final output:
+// pixel shuffle, residual and clamp / uint8 quantization are fused into the tail's epilogue.
+// Layers with >= 8 channels in and out run as Winograd F(4x4, 3x3) on blocks aligned to the
+// image's 4x4 grid, so tiled results equal untiled ones bit for bit. Design notes: csrc/README.md.
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -16,6 +18,10 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <unistd.h>
+#endif
+
+#if defined(__SSE2__)  // baseline on x86-64
+#include <emmintrin.h>
 #endif
 
 #include "../fused_sr.h"
@@ -49,6 +55,7 @@ struct Isa {
   const char* name;
   int lanes;  // channels per block in the activation planes (conv_row.h)
   cpu::ConvRowFn conv_row;
+  cpu::WinogradFn winograd;
 };
 
 // The widest kernel this CPU runs, capped by the environment variable REPSR_CPU_MAX_ISA
@@ -60,12 +67,24 @@ Isa select_isa() {
   const bool allow_avx2 = cap != "portable";
   const bool allow_avx512 = allow_avx2 && cap != "avx2";
   if (allow_avx512 && __builtin_cpu_supports("avx512f"))
-    return {"avx512", cpu::avx512::kLanes, cpu::avx512::conv_row};
+    return {"avx512", cpu::avx512::kLanes, cpu::avx512::conv_row, cpu::avx512::winograd_row};
   if (allow_avx2 && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-    return {"avx2", cpu::avx2::kLanes, cpu::avx2::conv_row};
+    return {"avx2", cpu::avx2::kLanes, cpu::avx2::conv_row, cpu::avx2::winograd_row};
 #endif
   (void)cap;
-  return {"portable", cpu::portable::kLanes, cpu::portable::conv_row};
+  return {"portable", cpu::portable::kLanes, cpu::portable::conv_row, cpu::portable::winograd_row};
+}
+
+// Winograd F(4x4, 3x3) runs the layers with cin >= kWinogradMinChannels and
+// cout >= kWinogradMinChannels (the head, cin = 1..4, stays direct: its GEMMs would be too thin).
+// REPSR_CPU_WINOGRAD=0 turns it off (direct convs everywhere), for tests and comparisons.
+constexpr int kWinogradMinChannels = 8;
+bool winograd_enabled() {
+  const char* env = std::getenv("REPSR_CPU_WINOGRAD");
+  return env == nullptr || std::string(env) != "0";
+}
+bool use_winograd(const ConvLayer& layer, bool enabled) {
+  return enabled && layer.cin >= kWinogradMinChannels && layer.cout >= kWinogradMinChannels;
 }
 
 int round_up(int value, int multiple) { return (value + multiple - 1) / multiple * multiple; }
@@ -76,10 +95,54 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // One layer's parameters, pointing into the chain's single packed buffer.
 struct PackedLayer {
   int cin = 0, cout = 0, cout_padded = 0;
-  const float* weight = nullptr;     // [ky][kx][ci][cout_padded], zero in the cout padding
+  const float* weight = nullptr;     // [ky][kx][ci][cout_padded], zero in the cout padding;
+                                     // null for a Winograd layer
   const float* bias = nullptr;       // [cout_padded]
   const float* neg_slope = nullptr;  // [cout_padded]; null without activation
+  const float* winograd = nullptr;   // U = G g G^T, [36][ci][cout_padded]; null: direct conv
 };
+
+// Winograd F(4x4, 3x3) weight transform G (winograd_kernel.inc has B^T and A^T).
+constexpr double kWinogradG[6][3] = {{1.0 / 4, 0, 0},
+                                     {-1.0 / 6, -1.0 / 6, -1.0 / 6},
+                                     {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                                     {1.0 / 24, 1.0 / 12, 1.0 / 6},
+                                     {1.0 / 24, -1.0 / 12, 1.0 / 6},
+                                     {0, 0, 1}};
+
+// dst[p][ci][co] (p = 6 * i + j) = (G g G^T)[i][j] of the 3x3 kernel g = weight[co][ci], in double.
+// Runs on every call (like all packing), so its loops run over co, contiguous in dst: they
+// vectorize and write 36 sequential streams.
+void transform_winograd_weights(const ConvLayer& layer, int cout_padded, float* dst) {
+  const int cout = layer.cout, cin = layer.cin;
+  std::vector<double> g(static_cast<std::size_t>(9) * cout_padded, 0.0);       // [tap][co]
+  std::vector<double> gt(static_cast<std::size_t>(18) * cout_padded, 0.0);     // [i][kx][co]
+  for (int ci = 0; ci < cin; ++ci) {
+    for (int co = 0; co < cout; ++co)
+      for (int tap = 0; tap < 9; ++tap)
+        g[tap * cout_padded + co] = layer.weight[(static_cast<std::size_t>(co) * cin + ci) * 9 + tap];
+    for (int i = 0; i < 6; ++i)
+      for (int kx = 0; kx < 3; ++kx) {
+        double* out = &gt[(i * 3 + kx) * cout_padded];
+        const double* g0 = &g[kx * cout_padded];
+        const double* g1 = &g[(3 + kx) * cout_padded];
+        const double* g2 = &g[(6 + kx) * cout_padded];
+        for (int co = 0; co < cout_padded; ++co)
+          out[co] = kWinogradG[i][0] * g0[co] + kWinogradG[i][1] * g1[co] +
+                    kWinogradG[i][2] * g2[co];
+      }
+    for (int i = 0; i < 6; ++i)
+      for (int j = 0; j < 6; ++j) {
+        float* out = dst + (static_cast<std::size_t>(i * 6 + j) * cin + ci) * cout_padded;
+        const double* t0 = &gt[(i * 3 + 0) * cout_padded];
+        const double* t1 = &gt[(i * 3 + 1) * cout_padded];
+        const double* t2 = &gt[(i * 3 + 2) * cout_padded];
+        for (int co = 0; co < cout_padded; ++co)
+          out[co] = static_cast<float>(kWinogradG[j][0] * t0[co] + kWinogradG[j][1] * t1[co] +
+                                       kWinogradG[j][2] * t2[co]);
+      }
+  }
+}
 
 // Each array starts on a cache line.
 std::size_t line_floats(std::size_t floats) {
@@ -91,12 +154,14 @@ std::size_t line_floats(std::size_t floats) {
 // allocations cost page faults) and returns the layers' views of it.
 std::vector<PackedLayer> pack_layers(const Net& net, int lanes, AlignedFloats& storage) {
   std::vector<PackedLayer> layers(net.num_layers);
+  const bool winograd = winograd_enabled();
   std::size_t total = 0;
   for (int l = 0; l < net.num_layers; ++l) {
     const ConvLayer& layer = net.layers[l];
     const std::size_t cp = round_up(layer.cout, lanes);
-    total +=
-        line_floats(9 * layer.cin * cp) + line_floats(cp) * (layer.neg_slope != nullptr ? 2 : 1);
+    total += line_floats(cp) * (layer.neg_slope != nullptr ? 2 : 1);
+    total += use_winograd(layer, winograd) ? line_floats(36 * layer.cin * cp)
+                                           : line_floats(9 * layer.cin * cp);
   }
   storage = AlignedFloats(total);
   float* next = storage.get();
@@ -113,16 +178,22 @@ std::vector<PackedLayer> pack_layers(const Net& net, int lanes, AlignedFloats& s
     packed.cout_padded = round_up(layer.cout, lanes);
     const int cp = packed.cout_padded;
 
-    // Written in order; the reads of one ci (all cout x 9 taps) stay in L1.
-    float* weight = take(static_cast<std::size_t>(9) * layer.cin * cp);
-    for (int ci = 0; ci < layer.cin; ++ci)
-      for (int tap = 0; tap < 9; ++tap) {
-        float* dst = weight + (static_cast<std::size_t>(tap) * layer.cin + ci) * cp;
-        for (int co = 0; co < layer.cout; ++co)
-          dst[co] = layer.weight[(static_cast<std::size_t>(co) * layer.cin + ci) * 9 + tap];
-        std::fill(dst + layer.cout, dst + cp, 0.0f);
-      }
-    packed.weight = weight;
+    if (use_winograd(layer, winograd)) {  // no direct-conv copy: it would never be read
+      float* u = take(static_cast<std::size_t>(36) * layer.cin * cp);
+      transform_winograd_weights(layer, cp, u);
+      packed.winograd = u;
+    } else {
+      // Written in order; the reads of one ci (all cout x 9 taps) stay in L1.
+      float* weight = take(static_cast<std::size_t>(9) * layer.cin * cp);
+      for (int ci = 0; ci < layer.cin; ++ci)
+        for (int tap = 0; tap < 9; ++tap) {
+          float* dst = weight + (static_cast<std::size_t>(tap) * layer.cin + ci) * cp;
+          for (int co = 0; co < layer.cout; ++co)
+            dst[co] = layer.weight[(static_cast<std::size_t>(co) * layer.cin + ci) * 9 + tap];
+          std::fill(dst + layer.cout, dst + cp, 0.0f);
+        }
+      packed.weight = weight;
+    }
 
     float* bias = take(cp);
     std::copy(layer.bias, layer.bias + layer.cout, bias);
@@ -172,6 +243,60 @@ InImage in_image_part(const Plane& plane, int64_t height, int64_t width) {
   };
   return {clip(-plane.origin_y, plane.rows), clip(height - plane.origin_y, plane.rows),
           clip(-plane.origin_x, plane.cols), clip(width - plane.origin_x, plane.cols)};
+}
+
+// ---- Per-tile spans -----------------------------------------------------------------------------
+//
+// One dimension of a tile's planes, in absolute image coordinates. Plane 0 is the input, plane
+// l + 1 layer l's output (plane num: the tail's output). Working back from the tile [t0, t1):
+// layer l must compute the in-image part of what layer l + 1 reads (out-of-image pixels are the
+// zero padding); a Winograd layer rounds that out to whole 4x4 blocks aligned to multiples of 4
+// from image pixel 0, so a pixel is always computed by the same block, from the same 6x6 window,
+// whatever the tiling: tiled results equal untiled ones bit for bit. Layer l reads one more pixel
+// per side than it computes.
+struct Span {
+  int64_t lo = 0, hi = 0;
+  int64_t size() const { return hi - lo; }
+};
+
+constexpr int64_t kWinogradBlock = 4;
+int64_t floor_to_block(int64_t v) {
+  return v - ((v % kWinogradBlock) + kWinogradBlock) % kWinogradBlock;
+}
+
+// plane[k]: the span plane k holds; compute[l]: the span layer l computes (within plane[l + 1]).
+// The image is [lo_bound, hi_bound) (unbounded to size buffers for any tile).
+void tile_spans(const std::vector<PackedLayer>& layers, int64_t t0, int64_t t1, int64_t lo_bound,
+                int64_t hi_bound, std::vector<Span>& plane, std::vector<Span>& compute) {
+  const int num = static_cast<int>(layers.size());
+  plane.resize(num + 1);
+  compute.resize(num);
+  Span need{t0, t1};
+  for (int l = num - 1; l >= 0; --l) {
+    Span c{std::max(need.lo, lo_bound), std::min(need.hi, hi_bound)};
+    if (layers[l].winograd != nullptr)
+      c = {floor_to_block(c.lo), floor_to_block(c.hi + kWinogradBlock - 1)};
+    compute[l] = c;
+    plane[l + 1] = {std::min(need.lo, c.lo), std::max(need.hi, c.hi)};
+    need = {c.lo - 1, c.hi + 1};
+  }
+  plane[0] = need;
+}
+
+// The largest span of each plane (and computed span of each layer) over every tile of `tile`
+// pixels: spans depend on the tile's start modulo the Winograd block only.
+void max_spans(const std::vector<PackedLayer>& layers, int64_t tile, std::vector<int64_t>& plane,
+               std::vector<int64_t>& compute) {
+  const int num = static_cast<int>(layers.size());
+  plane.assign(num + 1, 0);
+  compute.assign(num, 0);
+  std::vector<Span> p, c;
+  constexpr int64_t kUnbounded = int64_t{1} << 40;
+  for (int64_t offset = 0; offset < kWinogradBlock; ++offset) {
+    tile_spans(layers, offset, offset + tile, -kUnbounded, kUnbounded, p, c);
+    for (int k = 0; k <= num; ++k) plane[k] = std::max(plane[k], p[k].size());
+    for (int l = 0; l < num; ++l) compute[l] = std::max(compute[l], c[l].size());
+  }
 }
 
 // ---- Tile size cost model -----------------------------------------------------------------------
@@ -248,12 +373,24 @@ TileShape choose_tile(const std::vector<PackedLayer>& layers, int lanes, int64_t
   const int64_t threads = std::max(1u, std::thread::hardware_concurrency());
   const double l2 = l2_cache_bytes();
 
-  // rows[i][l]: rows layer l computes over all tile rows for heights[i]; cols likewise.
+  // rows[i][l]: rows layer l computes over all tile rows for heights[i]; cols likewise. Direct
+  // layers have a uniform halo; Winograd layers' block-aligned spans are summed tile by tile.
+  bool any_winograd = false;
+  for (const PackedLayer& layer : layers) any_winograd |= layer.winograd != nullptr;
   auto coverage = [&](const std::vector<int64_t>& sizes, int64_t extent) {
     std::vector<std::vector<int64_t>> covered(sizes.size(), std::vector<int64_t>(num_layers));
-    for (std::size_t i = 0; i < sizes.size(); ++i)
-      for (int l = 0; l < num_layers; ++l)
-        covered[i][l] = covered_with_halo(extent, sizes[i], num_layers - 1 - l);
+    std::vector<Span> plane, compute;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      if (!any_winograd) {
+        for (int l = 0; l < num_layers; ++l)
+          covered[i][l] = covered_with_halo(extent, sizes[i], num_layers - 1 - l);
+        continue;
+      }
+      for (int64_t t0 = 0; t0 < extent; t0 += sizes[i]) {
+        tile_spans(layers, t0, std::min(extent, t0 + sizes[i]), 0, extent, plane, compute);
+        for (int l = 0; l < num_layers; ++l) covered[i][l] += compute[l].size();
+      }
+    }
     return covered;
   };
   const auto rows = coverage(heights, height);
@@ -270,7 +407,12 @@ TileShape choose_tile(const std::vector<PackedLayer>& layers, int lanes, int64_t
         const PackedLayer& layer = layers[l];
         const int64_t halo = num_layers - 1 - l;
         const double pixels = static_cast<double>(rows[i][l]) * static_cast<double>(cols[j][l]);
-        cost += pixels * 9.0 * layer.cin * layer.cout_padded;
+        // Winograd: 36 / 16 MACs per pixel and channel pair, plus the transforms (about 14 and
+        // 10 vector operations per pixel and channel vector).
+        cost += layer.winograd != nullptr
+                    ? pixels * (2.25 * layer.cin * layer.cout_padded +
+                                14.0 * round_up(layer.cin, lanes) + 10.0 * layer.cout_padded)
+                    : pixels * 9.0 * layer.cin * layer.cout_padded;
         const int64_t out_plane =
             halo > 0 ? plane_floats(th + 2 * halo, tw + 2 * halo, layer.cout, lanes)
                      : tw * layer.cout_padded;  // the tail's staging row
@@ -322,6 +464,26 @@ void gather_output_row(const float* tail_row, int64_t tail_block_stride, int lan
   }
 }
 
+#if defined(__SSE2__)
+// The common float32 case, x4 with unit-stride output rows, in one pass: dst[4x + j] =
+// src[x * lanes + j] + residual[x] (clamped as finish_value<true>, NaN kept). Aligned rows use
+// non-temporal stores: the output (16x the input) is written once and not read back here, so
+// skipping the read-for-ownership saves a third of the epilogue's memory traffic.
+void store_shuffled_x4(float* dst, const float* src, int lanes, const float* residual, int width,
+                       bool clamp) {
+  const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.0f);
+  const bool aligned = reinterpret_cast<uintptr_t>(dst) % 16 == 0;
+  for (int x = 0; x < width; ++x) {
+    __m128 v = _mm_add_ps(_mm_loadu_ps(src + x * lanes), _mm_set1_ps(residual[x]));
+    if (clamp) v = _mm_min_ps(one, _mm_max_ps(zero, v));
+    if (aligned)
+      _mm_stream_ps(dst + 4 * x, v);
+    else
+      _mm_storeu_ps(dst + 4 * x, v);
+  }
+}
+#endif
+
 template <bool kClamp>
 inline float finish_value(float v) {
   return kClamp ? std::min(std::max(v, 0.0f), 1.0f) : v;
@@ -365,12 +527,15 @@ struct CpuChain::Impl {
   std::vector<PackedLayer> layers;
   int64_t tile_h = 1, tile_w = 1, tiles_y = 0, tiles_x = 0;
   int64_t plane_capacity[2] = {0, 0};  // floats in each ping-pong plane buffer
+  int64_t tail_capacity = 0;           // floats of the tail's staging rows
+  int64_t winograd_capacity = 0;       // floats of the Winograd kernel's V and M buffers
 
   // Per-call buffers: planes[1] holds the input plane and the odd layers' outputs, planes[0] the
   // even layers' outputs, so a layer never overwrites its own input.
   struct Scratch {
     AlignedFloats planes[2];
-    AlignedFloats tail_row;        // one row of tail output, channel-blocked
+    AlignedFloats tail_row;        // one row (direct) or 4 rows (Winograd) of tail output
+    AlignedFloats winograd;        // the Winograd kernel's scratch
     AlignedFloats residual_row;    // one row of one input channel, as float
     AlignedFloats output_segment;  // one row of the tile's output, before the dtype conversion
   };
@@ -381,7 +546,11 @@ struct CpuChain::Impl {
   void size_planes();
   void run_tile(int64_t item, const Scratch& scratch) const;
   void load_input(const Plane& plane, int64_t n) const;
-  void conv_plane(const PackedLayer& layer, const Plane& src, const Plane& dst) const;
+  void conv_plane(const PackedLayer& layer, const Plane& src, const Plane& dst, const Span& cy,
+                  const Span& cx, const Scratch& scratch) const;
+  void winograd_rows(const PackedLayer& layer, const Plane& src, int64_t y, const Span& cx,
+                     float* out, int64_t out_row_stride, int64_t out_block_stride,
+                     const Scratch& scratch) const;
   void conv_row(const PackedLayer& layer, const Plane& src, int src_row, int src_col, float* out,
                 int64_t out_block_stride, int width) const;
   void zero_outside(const Plane& plane, int row_lo, int row_hi, int col_lo, int col_hi) const;
@@ -393,13 +562,20 @@ struct CpuChain::Impl {
 
 void CpuChain::Impl::size_planes() {
   const int num = num_layers();
-  plane_capacity[1] = plane_floats(tile_h + 2 * num, tile_w + 2 * num, layers[0].cin, lanes());
-  for (int l = 0; l + 1 < num; ++l) {
-    const int64_t halo = num - 1 - l;
-    plane_capacity[l % 2] =
-        std::max(plane_capacity[l % 2],
-                 plane_floats(tile_h + 2 * halo, tile_w + 2 * halo, layers[l].cout, lanes()));
-  }
+  std::vector<int64_t> rows, cols, compute_rows, compute_cols;
+  max_spans(layers, tile_h, rows, compute_rows);
+  max_spans(layers, tile_w, cols, compute_cols);
+  plane_capacity[1] = plane_floats(rows[0], cols[0], layers[0].cin, lanes());
+  for (int l = 0; l + 1 < num; ++l)
+    plane_capacity[l % 2] = std::max(plane_capacity[l % 2],
+                                     plane_floats(rows[l + 1], cols[l + 1], layers[l].cout, lanes()));
+  const PackedLayer& tail = layers.back();
+  tail_capacity = (tail.winograd != nullptr ? kWinogradBlock * compute_cols[num - 1] : tile_w) *
+                  tail.cout_padded;
+  for (const PackedLayer& layer : layers)
+    if (layer.winograd != nullptr)
+      winograd_capacity = std::max(
+          winograd_capacity, cpu::winograd_scratch_floats(layer.cin, layer.cout_padded, lanes()));
 }
 
 void CpuChain::Impl::zero_outside(const Plane& plane, int row_lo, int row_hi, int col_lo,
@@ -456,15 +632,47 @@ void CpuChain::Impl::conv_row(const PackedLayer& layer, const Plane& src, int sr
   isa.conv_row(args);
 }
 
-// dst's pixel (r, c) is computed from src's 3x3 window with top-left (r, c): src has one more
-// pixel of halo per side. Only in-image pixels are computed; the rest is the next layer's padding.
-void CpuChain::Impl::conv_plane(const PackedLayer& layer, const Plane& src,
-                                const Plane& dst) const {
+// Output rows [y, y + 4) x columns cx (whole Winograd blocks) from src, whose span starts one
+// pixel before.
+void CpuChain::Impl::winograd_rows(const PackedLayer& layer, const Plane& src, int64_t y,
+                                   const Span& cx, float* out, int64_t out_row_stride,
+                                   int64_t out_block_stride, const Scratch& scratch) const {
+  cpu::WinogradArgs args;
+  args.in = src.pixel(static_cast<int>(y - 1 - src.origin_y),
+                      static_cast<int>(cx.lo - 1 - src.origin_x), 0);
+  args.in_row_stride = src.row_stride();
+  args.in_block_stride = src.block_stride();
+  args.cin = layer.cin;
+  args.weight = layer.winograd;
+  args.bias = layer.bias;
+  args.neg_slope = layer.neg_slope;
+  args.cout_padded = layer.cout_padded;
+  args.out = out;
+  args.out_row_stride = out_row_stride;
+  args.out_block_stride = out_block_stride;
+  args.blocks = static_cast<int>(cx.size() / kWinogradBlock);
+  args.scratch = scratch.winograd.get();
+  isa.winograd(args);
+}
+
+// Computes the span cy x cx of dst (tile_spans), each pixel from src's 3x3 window centred on it,
+// then zeroes dst's out-of-image pixels: the next layer's padding.
+void CpuChain::Impl::conv_plane(const PackedLayer& layer, const Plane& src, const Plane& dst,
+                                const Span& cy, const Span& cx, const Scratch& scratch) const {
+  const int col = static_cast<int>(cx.lo - dst.origin_x);
+  if (layer.winograd != nullptr) {
+    for (int64_t y = cy.lo; y < cy.hi; y += kWinogradBlock)
+      winograd_rows(layer, src, y, cx, dst.pixel(static_cast<int>(y - dst.origin_y), col, 0),
+                    dst.row_stride(), dst.block_stride(), scratch);
+  } else {
+    for (int64_t y = cy.lo; y < cy.hi; ++y)
+      conv_row(layer, src, static_cast<int>(y - 1 - src.origin_y),
+               static_cast<int>(cx.lo - 1 - src.origin_x),
+               dst.pixel(static_cast<int>(y - dst.origin_y), col, 0), dst.block_stride(),
+               static_cast<int>(cx.size()));
+  }
   const InImage part = in_image_part(dst, in.h, in.w);
   zero_outside(dst, part.row_lo, part.row_hi, part.col_lo, part.col_hi);
-  for (int r = part.row_lo; r < part.row_hi; ++r)
-    conv_row(layer, src, r, part.col_lo, dst.pixel(r, part.col_lo, 0), dst.block_stride(),
-             part.col_hi - part.col_lo);
 }
 
 void CpuChain::Impl::load_residual_row(int64_t n, int64_t c, int64_t y, int64_t x0, int width,
@@ -494,6 +702,17 @@ void CpuChain::Impl::write_output_row(const float* tail_row, int64_t tail_block_
     if (net.residual) load_residual_row(n, c, y, x0, width, residual);
     for (int64_t i = 0; i < r; ++i) {
       const int64_t first_channel = (c * r + i) * r;
+      OutT* dst = out_image + c * out.stride_c + (y * r + i) * out.stride_h + x0 * r * out.stride_w;
+#if defined(__SSE2__)
+      if constexpr (std::is_same_v<OutT, float>) {
+        if (r == 4 && out.stride_w == 1 && first_channel % L + 4 <= L) {
+          store_shuffled_x4(dst,
+                            tail_row + (first_channel / L) * tail_block_stride + first_channel % L,
+                            L, residual, width, net.clamp);
+          continue;
+        }
+      }
+#endif
       auto gather = [&](auto compile_time_r) {
         gather_output_row<decltype(compile_time_r)::value>(
             tail_row, tail_block_stride, L, first_channel, r, width, residual, segment);
@@ -506,7 +725,6 @@ void CpuChain::Impl::write_output_row(const float* tail_row, int64_t tail_block_
         case 4: gather(std::integral_constant<int, 4>()); break;
         default: gather(std::integral_constant<int, 0>()); break;
       }
-      OutT* dst = out_image + c * out.stride_c + (y * r + i) * out.stride_h + x0 * r * out.stride_w;
       if constexpr (std::is_same_v<OutT, uint8_t>) {
         store_segment(dst, out.stride_w, segment, int64_t{r} * width);
       } else if (net.clamp) {
@@ -527,36 +745,56 @@ void CpuChain::Impl::run_tile(int64_t item, const Scratch& scratch) const {
   const int cols = static_cast<int>(std::min(tile_w, in.w - x0));
   const int num = num_layers();
 
-  auto make_plane = [&](float* data, int halo, int channels) {
+  std::vector<Span> plane_y, plane_x, compute_y, compute_x;
+  tile_spans(layers, y0, y0 + rows, 0, in.h, plane_y, compute_y);
+  tile_spans(layers, x0, x0 + cols, 0, in.w, plane_x, compute_x);
+  auto make_plane = [&](float* data, int k, int channels) {
     Plane plane;
     plane.data = data;
-    plane.rows = rows + 2 * halo;
-    plane.cols = cols + 2 * halo;
+    plane.rows = static_cast<int>(plane_y[k].size());
+    plane.cols = static_cast<int>(plane_x[k].size());
     plane.blocks = channel_blocks(channels, lanes());
     plane.lanes = lanes();
-    plane.origin_y = y0 - halo;
-    plane.origin_x = x0 - halo;
+    plane.origin_y = plane_y[k].lo;
+    plane.origin_x = plane_x[k].lo;
     return plane;
   };
 
-  Plane src = make_plane(scratch.planes[1].get(), num, layers[0].cin);
+  Plane src = make_plane(scratch.planes[1].get(), 0, layers[0].cin);
   load_input(src, n);
   for (int l = 0; l + 1 < num; ++l) {
-    const Plane dst = make_plane(scratch.planes[l % 2].get(), num - 1 - l, layers[l].cout);
-    conv_plane(layers[l], src, dst);
+    const Plane dst = make_plane(scratch.planes[l % 2].get(), l + 1, layers[l].cout);
+    conv_plane(layers[l], src, dst, compute_y[l], compute_x[l], scratch);
     src = dst;
   }
 
   const PackedLayer& tail = layers.back();
-  const int64_t tail_block_stride = static_cast<int64_t>(cols) * lanes();
-  for (int r = 0; r < rows; ++r) {
-    conv_row(tail, src, r, 0, scratch.tail_row.get(), tail_block_stride, cols);
+  auto write_row = [&](const float* tail_row, int64_t tail_block_stride, int64_t y) {
     if (out.dtype == DType::kUInt8)
-      write_output_row<uint8_t>(scratch.tail_row.get(), tail_block_stride, n, y0 + r, x0, cols,
-                                scratch);
+      write_output_row<uint8_t>(tail_row, tail_block_stride, n, y, x0, cols, scratch);
     else
-      write_output_row<float>(scratch.tail_row.get(), tail_block_stride, n, y0 + r, x0, cols,
-                              scratch);
+      write_output_row<float>(tail_row, tail_block_stride, n, y, x0, cols, scratch);
+  };
+  if (tail.winograd != nullptr) {
+    // Four rows of whole blocks at a time into the staging rows, then the epilogue of the rows
+    // inside the tile.
+    const Span cy = compute_y[num - 1], cx = compute_x[num - 1];
+    const int64_t block_stride = cx.size() * lanes();
+    const int64_t row_stride = block_stride * channel_blocks(tail.cout, lanes());
+    for (int64_t by = cy.lo; by < cy.hi; by += kWinogradBlock) {
+      winograd_rows(tail, src, by, cx, scratch.tail_row.get(), row_stride, block_stride, scratch);
+      for (int64_t y = std::max<int64_t>(by, y0); y < std::min<int64_t>(by + 4, y0 + rows); ++y)
+        write_row(scratch.tail_row.get() + (y - by) * row_stride + (x0 - cx.lo) * lanes(),
+                  block_stride, y);
+    }
+  } else {
+    const int64_t tail_block_stride = static_cast<int64_t>(cols) * lanes();
+    for (int r = 0; r < rows; ++r) {
+      conv_row(tail, src, static_cast<int>(y0 + r - 1 - src.origin_y),
+               static_cast<int>(x0 - 1 - src.origin_x), scratch.tail_row.get(), tail_block_stride,
+               cols);
+      write_row(scratch.tail_row.get(), tail_block_stride, y0 + r);
+    }
   }
 }
 
@@ -595,11 +833,15 @@ void CpuChain::run(int64_t begin, int64_t end) const {
   Impl::Scratch scratch;
   scratch.planes[0] = AlignedFloats(impl.plane_capacity[0]);
   scratch.planes[1] = AlignedFloats(impl.plane_capacity[1]);
-  scratch.tail_row = AlignedFloats(impl.tile_w * impl.layers.back().cout_padded);
+  scratch.tail_row = AlignedFloats(impl.tail_capacity);
+  scratch.winograd = AlignedFloats(impl.winograd_capacity);
   scratch.residual_row = AlignedFloats(impl.tile_w);
   std::fill(scratch.residual_row.get(), scratch.residual_row.get() + impl.tile_w, 0.0f);
   scratch.output_segment = AlignedFloats(impl.tile_w * impl.net.scale);
   for (int64_t item = begin; item < end; ++item) impl.run_tile(item, scratch);
+#if defined(__SSE2__)
+  _mm_sfence();  // order the epilogue's non-temporal stores before the caller's next access
+#endif
 }
 
 int CpuChain::tile_h() const { return static_cast<int>(impl_->tile_h); }

@@ -1,7 +1,7 @@
 // Times one forward of SRVGG-style x4 nets (head + body + tail, PReLU, residual, float32 NCHW)
 // with the work items split over std::threads the way at::parallel_for splits them.
 // Usage: bench_cpu_chain [threads=2] [repeats=20] [net index, default all] [tile_h tile_w]
-// (REPSR_CPU_MAX_ISA caps the ISA)
+// (REPSR_CPU_MAX_ISA caps the ISA; REPSR_CPU_WINOGRAD=0 times the direct convs instead of Winograd)
 #include <algorithm>
 #include <chrono>
 #include <cstdio>

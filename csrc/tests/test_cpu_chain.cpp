@@ -242,6 +242,8 @@ Tensor fill_random(Image& img, std::mt19937& rng) {
 
 // Returns an empty string when `out` matches `ref` within the tolerances (file comment) and the
 // gaps between its elements are untouched, else what went wrong.
+double g_worst_rel = 0.0;  // the largest float32 relative L2 error seen (printed at the end)
+
 std::string compare(const Image& out, const Tensor& ref) {
   const repsr::ImageRef& r = out.ref;
   for (size_t o = 0; o < out.is_element.size(); ++o) {
@@ -280,6 +282,7 @@ std::string compare(const Image& out, const Tensor& ref) {
   if (r.dtype == repsr::DType::kUInt8)
     return bad == 0 ? "" : std::to_string(bad) + " uint8 values off, first " + first_bad;
   const double rel = ref2 > 0 ? std::sqrt(err2 / ref2) : std::sqrt(err2);
+  g_worst_rel = std::max(g_worst_rel, rel);
   if (rel <= 1e-5 && max_err <= 1e-5 * std::max(1.0, max_ref)) return "";
   char msg[160];
   std::snprintf(msg, sizeof msg, "relative L2 error %.3g, max abs error %.3g (max |ref| %.3g)", rel,
@@ -432,6 +435,13 @@ std::vector<Case> make_cases() {
     c.h = 10, c.w = 12;
     cases.push_back(c);
   }
+  // x4 float32 with unit-stride rows: the epilogue's one-pass path, clamped and not, with tiles.
+  for (int clamp = 0; clamp < 2; ++clamp) {
+    Case c;
+    c.scale = 4, c.clamp = clamp, c.h = 14, c.w = 19, c.act = Activation::kLeaky;
+    c.tile_h = clamp ? 6 : 0, c.tile_w = clamp ? 7 : 0;
+    cases.push_back(c);
+  }
   // Wide and deep nets.
   {
     Case c;
@@ -493,13 +503,20 @@ void run_case(int index, const Case& c, const std::vector<std::string>& isas) {
   Image in = make_image(c.n, c.in_channels, c.h, c.w, c.in_layout, c.in_dtype);
   const Tensor input = fill_random(in, rng);
   const Tensor ref = reference_forward(t.net, input);
-  for (const std::string& isa : isas) {
+  // Winograd F(4x4, 3x3) runs the layers with cin, cout >= 8 unless REPSR_CPU_WINOGRAD=0.
+  bool winograd_applies = false;
+  for (int l = 0; l < c.layers; ++l)
+    winograd_applies |= t.net.layers[l].cin >= 8 && t.net.layers[l].cout >= 8;
+  for (const std::string& isa : isas)
+  for (const char* winograd : {"1", "0"}) {
     setenv("REPSR_CPU_MAX_ISA", isa.c_str(), 1);
+    setenv("REPSR_CPU_WINOGRAD", winograd, 1);
     Image out =
         make_image(c.n, c.out_channels, c.h * c.scale, c.w * c.scale, c.out_layout, c.out_dtype);
     const repsr::CpuChain chain(t.net, in.ref, out.ref, c.tile_h, c.tile_w);
-    const std::string label = c.name() + " [" + isa + ", tile " + std::to_string(chain.tile_h()) +
-                              "x" + std::to_string(chain.tile_w()) + "]";
+    const std::string label = c.name() + " [" + isa + ", winograd " + winograd + ", tile " +
+                              std::to_string(chain.tile_h()) + "x" +
+                              std::to_string(chain.tile_w()) + "]";
     check(chain.isa() == isa, label + ": runs " + chain.isa());
     check(c.tile_h <= 0 || chain.tile_h() == std::min<int64_t>(c.tile_h, c.h),
           label + ": tile_h override");
@@ -508,6 +525,27 @@ void run_case(int index, const Case& c, const std::vector<std::string>& isas) {
     run_chain(chain, 1);
     const std::string problem = compare(out, ref);
     check(problem.empty(), label + ": " + problem);
+    // Another tiling (odd tiles, starting off the Winograd block grid) gives the same bits.
+    {
+      Image retiled =
+          make_image(c.n, c.out_channels, c.h * c.scale, c.w * c.scale, c.out_layout, c.out_dtype);
+      const int other_h = static_cast<int>(chain.tile_h() > 3 ? chain.tile_h() / 2 + 1 : 5);
+      const int other_w = static_cast<int>(chain.tile_w() > 3 ? chain.tile_w() / 3 + 1 : 7);
+      const repsr::CpuChain chain2(t.net, in.ref, retiled.ref, other_h, other_w);
+      run_chain(chain2, 1);
+      check(same_bytes(out, retiled), label + ": tiles " + std::to_string(other_h) + "x" +
+                                          std::to_string(other_w) + " differ in bits");
+    }
+    // The Winograd path is taken where it applies: its float32 bits differ from the direct path's.
+    if (winograd_applies && c.out_dtype == repsr::DType::kFloat32 && winograd[0] == '1') {
+      setenv("REPSR_CPU_WINOGRAD", "0", 1);
+      Image direct =
+          make_image(c.n, c.out_channels, c.h * c.scale, c.w * c.scale, c.out_layout, c.out_dtype);
+      const repsr::CpuChain chain2(t.net, in.ref, direct.ref, c.tile_h, c.tile_w);
+      run_chain(chain2, 1);
+      check(!same_bytes(out, direct), label + ": Winograd output equals the direct one bit for bit");
+      setenv("REPSR_CPU_WINOGRAD", winograd, 1);
+    }
     if (c.threads) {
       for (int threads : {2, 3}) {
         Image threaded = make_image(c.n, c.out_channels, c.h * c.scale, c.w * c.scale, c.out_layout,
@@ -609,6 +647,8 @@ int main() {
   test_empty_images();
   test_validate();
 
+  unsetenv("REPSR_CPU_WINOGRAD");
+  std::printf("worst float32 relative L2 error: %.3g\n", g_worst_rel);
   std::printf("%d passed, %d failed\n", g_passed, g_failed);
   return g_failed == 0 ? 0 : 1;
 }
