@@ -1,0 +1,573 @@
+"""The ``repsr`` command (also ``python -m repsr_ext``):
+
+    repsr train --config repsr_ext/configs/pretrained_x4.yaml --output runs/x4
+    repsr export runs/x4/checkpoints/last.pt -o m4c16_x4.safetensors --onnx m4c16_x4.onnx
+    repsr upscale photo.png -o photo_x4.png --compare
+    repsr eval --model m4c16_x4.safetensors
+    repsr bench --preset M4C16 --size 180x320
+    repsr info
+
+Errors the user can fix (bad arguments, missing or unusable files, a missing extension) are reported
+in one line, ``repsr: error: ...``, with exit status 2 for usage errors and 1 for runtime failures;
+``--debug`` shows their traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+import time
+from dataclasses import astuple, dataclass
+from glob import glob
+from pathlib import Path
+
+import torch
+
+from . import __version__, ops, train
+from .data import (
+    IMAGE_EXTENSIONS,
+    bicubic_degrade,
+    embedded_images,
+    image_to_tensor,
+    imresize,
+    list_images,
+    mod_crop,
+    quantize_8bit,
+    validation_images,
+)
+from .formats import DeployedFileError, export_onnx
+from .fused import FusedSR
+from .metrics import SSIM_WINDOW, psnr_ssim_y
+from .nets import PlainSR, RepSRNet, parse_preset
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+SHIPPED_SCALES = (2, 4)
+ONNX_TOLERANCE = 1e-5
+
+
+class UsageError(Exception):
+    """A bad command line: one line on stderr, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the usage and exits; the CLI reports every error the same way instead.
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --- argument types -------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """``"180x320"`` -> ``(180, 320)`` (height x width)."""
+    parts = text.lower().split("x")
+    try:
+        height, width = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 180x320, got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive HEIGHTxWIDTH, got {text!r}")
+    return height, width
+
+
+def preset_name(text: str) -> str:
+    try:
+        parse_preset(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+# --- shared helpers -------------------------------------------------------------------------------
+
+
+def shipped_model(scale: int) -> Path:
+    path = MODELS_DIR / f"repsr_m4c16_x{scale}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"the shipped x{scale} model is missing ({path}); pass --model FILE")
+    return path
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when torch sees a GPU and the extension has CUDA kernels, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and ops.has_backend("cuda") else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def plain_from_checkpoint(state: dict) -> PlainSR:
+    """The deployed network of a training checkpoint, from its EMA weights when it has them."""
+    config = train.TrainConfig.from_dict(state["config"], source="checkpoint config")
+    net = train.build_network(config)
+    net.load_state_dict(state["ema"] if state["ema"] is not None else state["model"])
+    return net.eval().reparameterize()
+
+
+def load_model(path) -> tuple[PlainSR, str]:
+    """A deployed file (repsr_ext or SRVGGNetCompact) or a training checkpoint as a PlainSR, and
+    where it came from, in words."""
+    path = Path(path)
+    try:
+        return PlainSR.load(path), "deployed file"
+    except DeployedFileError as not_deployed:
+        try:
+            state = train.load_checkpoint(path)
+        except Exception:  # torch.load fails in many ways on other files; the deployed error says more
+            raise not_deployed from None
+    weights = "EMA weights" if state["ema"] is not None else "weights"
+    return plain_from_checkpoint(state), f"training checkpoint, iteration {state['iteration']}, {weights}"
+
+
+def load_model_for_scale(model: str | None, scale: int | None) -> PlainSR:
+    """``--model`` if given (its scale must match an explicit ``--scale``), else the shipped model
+    for ``--scale`` (default 4)."""
+    if model is None:
+        return load_model(shipped_model(scale or 4))[0]
+    plain = load_model(model)[0]
+    if scale is not None and plain.scale != scale:
+        raise UsageError(f"--scale {scale} but {model} is an x{plain.scale} model")
+    return plain
+
+
+def describe(plain: PlainSR) -> str:
+    parameters = sum(p.numel() for p in plain.parameters())
+    return (f"x{plain.scale}, {plain.num_layers} conv layers, channels {plain.channels}, "
+            f"{plain.act_type}, {parameters:,} parameters")
+
+
+def relative_error(output: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((output.double() - reference.double()).norm() / reference.double().norm()).item()
+
+
+def format_table(header: list[str], rows: list[list[str]]) -> str:
+    """Columns padded to their widest cell: the first left-aligned, the others (numbers) right."""
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(row):
+        cells = [row[0].ljust(widths[0])] + [cell.rjust(width) for cell, width in zip(row[1:], widths[1:])]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def is_same_file(a: Path, b: Path) -> bool:
+    return a.resolve() == b.resolve()
+
+
+# --- export ---------------------------------------------------------------------------------------
+
+
+def check_onnx(plain: PlainSR, path: Path) -> str:
+    """Runs the ONNX file in ONNX Runtime on a random non-square input and compares it to PlainSR."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return "not checked (onnxruntime is not installed)"
+    x = torch.rand(1, plain.in_channels, 24, 40, generator=torch.Generator().manual_seed(0))
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (onnx_output,) = session.run(None, {"lr": x.numpy()})
+    with torch.inference_mode():
+        error = relative_error(torch.from_numpy(onnx_output), plain(x))
+    if not error <= ONNX_TOLERANCE:
+        raise RuntimeError(
+            f"{path}: ONNX Runtime differs from PlainSR, relative error {error:.1e} > {ONNX_TOLERANCE:.0e}"
+        )
+    return f"checked with ONNX Runtime {onnxruntime.__version__}: relative error {error:.1e} vs PlainSR"
+
+
+def run_export(args) -> int:
+    source = Path(args.source)
+    outputs = [Path(p) for p in (args.output, args.onnx, args.srvgg) if p]
+    if any(is_same_file(out, source) for out in outputs):
+        raise UsageError(f"refusing to overwrite the input {source}: choose another output path")
+    plain, origin = load_model(source)
+    print(f"{source}: {origin}; {describe(plain)}")
+    plain.save(args.output)
+    print(f"wrote {args.output}")
+    if args.srvgg:
+        plain.export_srvgg(args.srvgg)
+        print(f"wrote {args.srvgg} (SRVGGNetCompact state dict)")
+    if args.onnx:
+        export_onnx(plain, args.onnx)
+        print(f"wrote {args.onnx}, {check_onnx(plain, Path(args.onnx))}")
+    return 0
+
+
+# --- upscale --------------------------------------------------------------------------------------
+
+
+def collect_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
+    """``(image path, output path relative to an output folder)`` for each INPUT: a file, a folder
+    (searched recursively, subfolders kept) or a glob. Outputs are PNG, which is lossless."""
+    jobs = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            jobs += [(image, image.relative_to(path).with_suffix(".png")) for image in list_images(path)]
+        elif path.is_file():
+            jobs.append((path, Path(path.name).with_suffix(".png")))
+        elif any(c in pattern for c in "*?["):
+            matches = sorted(Path(p) for p in glob(pattern, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise FileNotFoundError(f"no files match {pattern!r}")
+            jobs += [(match, Path(match.name).with_suffix(".png")) for match in matches]
+        else:
+            raise FileNotFoundError(f"input not found: {pattern}")
+    if not jobs:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(patterns)}")
+    return jobs
+
+
+def compare_path(output: Path) -> Path:
+    return output.with_name(f"{output.stem}_compare.png")
+
+
+def side_by_side(image, upscaled, scale: int):
+    """Bicubic upscaling (PIL) of ``image`` | ``upscaled``, under a strip that labels them."""
+    from PIL import Image, ImageDraw
+
+    width, height = upscaled.size
+    label_height = 16
+    bicubic = image.convert("RGB").resize(upscaled.size, Image.BICUBIC)
+    canvas = Image.new("RGB", (2 * width, height + label_height), "white")
+    canvas.paste(bicubic, (0, label_height))
+    canvas.paste(upscaled.convert("RGB"), (width, label_height))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 2), f"bicubic x{scale}", fill="black")
+    draw.text((width + 4, 2), f"RepSR x{scale}", fill="black")
+    return canvas
+
+
+def run_upscale(args) -> int:
+    from PIL import Image
+    from tqdm import tqdm
+
+    if args.inputs:  # arguments are checked before the model is loaded
+        if args.output is None:
+            raise UsageError("upscale needs -o OUTPUT (a file for one input image, else a folder)")
+        sources, targets = plan_outputs(args.inputs, Path(args.output), args.compare)
+    fused = FusedSR(load_model_for_scale(args.model, args.scale), device=resolve_device(args.device))
+    if not args.inputs:
+        return upscale_demo(fused, args)
+    for source, target in zip(tqdm(sources, unit="image", disable=None), targets):  # no bar unless a terminal
+        upscaled = fused.upscale(source, tile=args.tile)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        upscaled.save(target)
+        if args.compare:
+            with Image.open(source) as image:
+                side_by_side(image, upscaled, fused.scale).save(compare_path(target))
+    written = targets[0] if targets == [Path(args.output)] else f"{len(targets)} images in {args.output}"
+    print(f"wrote {written} (x{fused.scale}, {fused.device})")
+    return 0
+
+
+def plan_outputs(inputs: list[str], output: Path, compare: bool) -> tuple[list[Path], list[Path]]:
+    """The input images and where each goes: ``output`` itself for one input file (unless it is a
+    folder), else a PNG under the folder ``output``."""
+    jobs = collect_inputs(inputs)
+    if len(inputs) == 1 and Path(inputs[0]).is_file() and not output.is_dir():
+        if output.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise UsageError(f"output {output} is neither an existing folder nor an image file name "
+                             f"({', '.join(IMAGE_EXTENSIONS)})")
+        targets = [output]
+    else:
+        targets = [output / relative for _, relative in jobs]
+    sources = [source for source, _ in jobs]
+    check_targets(sources, targets, compare)
+    return sources, targets
+
+
+def check_targets(sources: list[Path], targets: list[Path], compare: bool) -> None:
+    """Refuses outputs that would overwrite an input or each other."""
+    written = targets + ([compare_path(t) for t in targets] if compare else [])
+    inputs = {source.resolve() for source in sources}
+    seen = set()
+    for target in written:
+        resolved = target.resolve()
+        if resolved in inputs:
+            raise UsageError(f"refusing to overwrite the input {target}: choose another -o")
+        if resolved in seen:
+            raise UsageError(f"two inputs would both be written to {target}; upscale them separately")
+        seen.add(resolved)
+
+
+def upscale_demo(fused: FusedSR, args) -> int:
+    """No INPUT: upscale a held-out photograph that ships with scikit-image (never trained on)."""
+    from PIL import Image
+
+    name, photo = embedded_images("val")[0]
+    image = Image.fromarray(photo)
+    output = Path(args.output or f"repsr_demo_x{fused.scale}.png")
+    upscaled = fused.upscale(image, tile=args.tile)
+    upscaled.save(output)
+    print(f"wrote {output}: the held-out photograph {name!r} "
+          f"({image.width}x{image.height} -> {upscaled.width}x{upscaled.height})")
+    if args.compare:
+        side_by_side(image, upscaled, fused.scale).save(compare_path(output))
+        print(f"wrote {compare_path(output)}: bicubic | RepSR")
+    return 0
+
+
+# --- eval -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Scores:
+    bicubic_psnr: float
+    bicubic_ssim: float
+    psnr: float
+    ssim: float
+
+
+def evaluate(fused: FusedSR, hr_image) -> Scores:
+    """PSNR/SSIM (Y, border = scale) of the model and of bicubic upscaling, against ``hr_image``
+    (H x W x 3 uint8), from its bicubic LR rounded to 8 bit."""
+    scale = fused.scale
+    hr = image_to_tensor(mod_crop(hr_image, scale))
+    lr = bicubic_degrade(hr, scale)
+    lr_uint8 = lr.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    upscaled = fused.upscale(lr_uint8)
+    bicubic = quantize_8bit(imresize(lr, scale))
+    return Scores(*psnr_ssim_y(bicubic, hr, crop_border=scale), *psnr_ssim_y(upscaled, hr, crop_border=scale))
+
+
+def run_eval(args) -> int:
+    plain = load_model_for_scale(args.model, args.scale)
+    fused = FusedSR(plain, device=resolve_device(args.device))
+    scale = fused.scale
+    header = ["image", "size", "bicubic PSNR", "bicubic SSIM", "RepSR PSNR", "RepSR SSIM", "gain dB"]
+    rows, results = [], []
+    for name, image in validation_images(args.hr_folder or "embedded"):
+        if min(image.shape[:2]) // scale * scale < 2 * scale + SSIM_WINDOW:  # too small for SSIM after the crop
+            print(f"repsr: leaving out {name}: {image.shape[1]}x{image.shape[0]} is too small", file=sys.stderr)
+            continue
+        scores = evaluate(fused, image)
+        results.append(scores)
+        rows.append([name, f"{image.shape[1]}x{image.shape[0]}", *score_cells(scores)])
+    if not results:
+        raise ValueError("no image large enough to evaluate")
+    mean = Scores(*(sum(values) / len(results) for values in zip(*map(astuple, results))))
+    rows.append([f"mean ({len(results)})", "", *score_cells(mean)])
+    print(f"x{scale}, Y channel, border {scale}; LR = MATLAB bicubic downscaling, rounded to 8 bit")
+    print(format_table(header, rows))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            csv.writer(f).writerows([header, *rows])
+        print(f"wrote {args.csv}")
+    return 0
+
+
+def score_cells(scores: Scores) -> list[str]:
+    return [f"{scores.bicubic_psnr:.2f}", f"{scores.bicubic_ssim:.4f}", f"{scores.psnr:.2f}",
+            f"{scores.ssim:.4f}", f"{scores.psnr - scores.bicubic_psnr:+.2f}"]
+
+
+# --- bench ----------------------------------------------------------------------------------------
+
+
+def median_seconds(fn, repeats: int = 7) -> float:
+    """Median wall time of `repeats` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def run_bench(args) -> int:
+    if args.model:
+        plain = load_model(args.model)[0]
+        name = Path(args.model).name
+    else:
+        plain = RepSRNet.preset(args.preset, args.scale).eval().reparameterize()
+        name = f"{args.preset} (untrained)"
+    device = resolve_device(args.device)
+    fused = FusedSR(plain, device=device)
+    height, width = args.size
+    x = torch.rand(args.batch, plain.in_channels, height, width, device=device)
+    eager_model = plain.to(device, memory_format=torch.channels_last)
+    x_channels_last = x.contiguous(memory_format=torch.channels_last)
+
+    def eager():
+        with torch.inference_mode():
+            return eager_model(x_channels_last)
+
+    def synchronized(fn):
+        if device.type != "cuda":
+            return fn
+
+        def run():  # CUDA runs asynchronously: wait inside the timed region
+            fn()
+            torch.cuda.synchronize(device)
+
+        return run
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count())  # PyTorch at its best: all cores
+    try:
+        eager_seconds = median_seconds(synchronized(eager), args.repeats)
+        fused_seconds = median_seconds(synchronized(lambda: fused(x)), args.repeats)
+        error = relative_error(fused(x), eager())
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
+    where = f"{device}" + (f" ({ops.cpu_isa()}, {used_threads} threads)" if device.type == "cpu" else "")
+    print(f"{name}, x{plain.scale}, batch {args.batch}, {height}x{width} -> "
+          f"{height * plain.scale}x{width * plain.scale}, {where}, median of {args.repeats}")
+    print(format_table(
+        ["engine", "median ms", "speed-up"],
+        [["PyTorch eager (channels_last)", f"{eager_seconds * 1e3:.2f}", "1.00x"],
+         ["repsr_ext fused", f"{fused_seconds * 1e3:.2f}", f"{eager_seconds / fused_seconds:.2f}x"]],
+    ))
+    print(f"fused vs eager relative error {error:.1e}")
+    return 0
+
+
+# --- info -----------------------------------------------------------------------------------------
+
+
+def run_info(args) -> int:
+    info = {"repsr_ext": __version__, "torch": torch.__version__}
+    try:
+        ops.require_extension()
+    except RuntimeError as e:
+        info["extension"] = f"not usable: {' '.join(str(e).split())}"
+    else:
+        build = ops.build_info
+        info["built against"] = f"torch {build.TORCH_VERSION}, CUDA {build.CUDA_VERSION or 'none'}"
+        info["backends"] = ", ".join(build.BACKENDS)
+        info["CPU ISA"] = ops.cpu_isa()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    info["CUDA devices"] = "; ".join(f"{i}: {n}" for i, n in enumerate(gpus)) or "none"
+    info["threads"] = f"{torch.get_num_threads()} (of {os.cpu_count()} CPUs)"
+    for scale in SHIPPED_SCALES:
+        path = MODELS_DIR / f"repsr_m4c16_x{scale}.safetensors"
+        info[f"shipped x{scale} model"] = str(path) if path.is_file() else f"missing ({path})"
+    width = max(map(len, info)) + 2
+    print("\n".join(f"{key:<{width}}{value}" for key, value in info.items()))
+    return 0
+
+
+# --- the parser -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="repsr", description="RepSR super-resolution: train, export, upscale, evaluate, benchmark.")
+    parser.add_argument("--version", action="version", version=f"repsr_ext {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, summary: str, **kwargs) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=summary, **kwargs)
+
+    # train's own parser, so its --help lists every config key; train.main parses them again.
+    command("train", "Train a RepSR network (every TrainConfig key is a flag; --config FILE reads a YAML/TOML).",
+            parents=[train.build_parser()], add_help=False)
+
+    p = command("export", "Write the deployed safetensors file of a training checkpoint or a deployed file "
+                          "(repsr_ext or SRVGGNetCompact), optionally also as ONNX and SRVGGNetCompact.")
+    p.add_argument("source", metavar="CHECKPOINT_OR_MODEL",
+                   help="a training checkpoint (<output>/checkpoints/last.pt; its EMA weights when it has them) "
+                        "or a deployed file")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.safetensors", help="the deployed file to write")
+    p.add_argument("--onnx", metavar="OUT.onnx", help="also write ONNX (checked with ONNX Runtime when installed)")
+    p.add_argument("--srvgg", metavar="OUT.pth",
+                   help="also write a Real-ESRGAN SRVGGNetCompact state dict (.pth or .safetensors)")
+    p.set_defaults(run=run_export)
+
+    p = command("upscale", "Upscale images with the fused engine. Without INPUT, upscales a held-out photograph "
+                           "that ships with scikit-image.")
+    p.add_argument("inputs", nargs="*", metavar="INPUT",
+                   help="image file, folder (searched recursively) or glob such as 'photos/*.jpg'")
+    p.add_argument("-o", "--output", metavar="OUTPUT",
+                   help="output file for one input file, else a folder (created; PNG files named after the inputs); "
+                        "without INPUT: default repsr_demo_x<scale>.png")
+    add_model_options(p)
+    p.add_argument("--tile", type=positive_int, metavar="N",
+                   help="process N x N input tiles (the same result, less memory)")
+    p.add_argument("--compare", action="store_true",
+                   help="also write <name>_compare.png: bicubic | RepSR side by side")
+    p.set_defaults(run=run_upscale)
+
+    p = command("eval", "PSNR/SSIM (Y channel, border = scale) of a model against bicubic upscaling, per image "
+                        "and mean; LR images are made by MATLAB-bicubic downscaling of the HR images.")
+    p.add_argument("hr_folder", nargs="?", metavar="HR_FOLDER",
+                   help="folder of HR images (default: the held-out photographs, data.HELDOUT)")
+    add_model_options(p)
+    p.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
+    p.set_defaults(run=run_eval)
+
+    p = command("bench", "Time the fused engine against PyTorch eager (channels_last, inference_mode, all cores).")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--preset", type=preset_name, default="M4C16",
+                        help="untrained network M<blocks>C<channels> (default: M4C16)")
+    source.add_argument("--model", metavar="FILE", help="a deployed file or training checkpoint instead of a preset")
+    p.add_argument("--scale", type=positive_int, default=4, help="scale of the preset (default: 4)")
+    p.add_argument("--size", type=image_size, default=(180, 320), metavar="HxW",
+                   help="LR input size (default: 180x320)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size (default: 1)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: auto")
+    p.add_argument("--repeats", type=positive_int, default=7,
+                   help="timed runs per engine, after one warm-up (default: 7)")
+    p.set_defaults(run=run_bench)
+
+    p = command("info", "Versions, build, CPU instruction set, GPUs, threads and shipped models.")
+    p.set_defaults(run=run_info)
+    return parser
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="FILE",
+                   help="deployed file or training checkpoint (default: the shipped M4C16 model for --scale)")
+    p.add_argument("--scale", type=int, choices=SHIPPED_SCALES,
+                   help="which shipped model to use (default: 4); with --model it must match the model")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto: cuda when a GPU is available and the extension has CUDA kernels (default)")
+
+
+# Errors a user can cause and fix; anything else is a bug and keeps its traceback.
+_USAGE_ERRORS = (UsageError, FileNotFoundError)
+_RUNTIME_ERRORS = (ValueError, TypeError, RuntimeError, OSError)  # DeployedFileError is a ValueError
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(f"repsr: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help and --version
+        return e.code if isinstance(e.code, int) else 0
+    try:
+        if args.command == "train":
+            # Global options are flags, so the first "train" is the command and the rest is train's.
+            return train.main(argv[argv.index("train") + 1:])
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("repsr: interrupted", file=sys.stderr)
+        return 130
+    except _USAGE_ERRORS + _RUNTIME_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"repsr: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2 if isinstance(e, _USAGE_ERRORS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
