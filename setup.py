@@ -71,18 +71,21 @@ def extension():
     cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/*_common.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     # No -std flag: torch's BuildExtension picks the standard its headers need (C++17 up to
     # torch 2.13, C++20 from 2.14).
-    cxx_flags = ["-O3", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is a header template over OpenMP; without it the op runs on one
+    # thread.
+    cxx_flags = ["-O3", "-fvisibility=hidden", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     if not with_cuda:
         return CppExtension(
             "repsr_ext._C", cpu_sources, include_dirs=[os.path.join(HERE, "csrc")],
-            extra_compile_args={"cxx": cxx_flags},
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags,
         )
     cuda_sources = ["csrc/ops_cuda.cpp"] + sorted(glob.glob("csrc/cuda/*.cu"))
     nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo", "--expt-relaxed-constexpr"]
     return CUDAExtension(
         "repsr_ext._C", cpu_sources + cuda_sources,
         include_dirs=[os.path.join(HERE, "csrc")] + cuda_library_includes(),
-        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags}, extra_link_args=link_flags,
     )
 
 

@@ -115,12 +115,13 @@ constexpr double kWinogradG[6][3] = {{1.0 / 4, 0, 0},
 // vectorize and write 36 sequential streams.
 void transform_winograd_weights(const ConvLayer& layer, int cout_padded, float* dst) {
   const int cout = layer.cout, cin = layer.cin;
-  std::vector<double> g(static_cast<std::size_t>(9) * cout_padded, 0.0);       // [tap][co]
-  std::vector<double> gt(static_cast<std::size_t>(18) * cout_padded, 0.0);     // [i][kx][co]
+  std::vector<double> g(static_cast<std::size_t>(9) * cout_padded, 0.0);    // [tap][co]
+  std::vector<double> gt(static_cast<std::size_t>(18) * cout_padded, 0.0);  // [i][kx][co]
   for (int ci = 0; ci < cin; ++ci) {
     for (int co = 0; co < cout; ++co)
       for (int tap = 0; tap < 9; ++tap)
-        g[tap * cout_padded + co] = layer.weight[(static_cast<std::size_t>(co) * cin + ci) * 9 + tap];
+        g[tap * cout_padded + co] =
+            layer.weight[(static_cast<std::size_t>(co) * cin + ci) * 9 + tap];
     for (int i = 0; i < 6; ++i)
       for (int kx = 0; kx < 3; ++kx) {
         double* out = &gt[(i * 3 + kx) * cout_padded];
@@ -128,8 +129,8 @@ void transform_winograd_weights(const ConvLayer& layer, int cout_padded, float* 
         const double* g1 = &g[(3 + kx) * cout_padded];
         const double* g2 = &g[(6 + kx) * cout_padded];
         for (int co = 0; co < cout_padded; ++co)
-          out[co] = kWinogradG[i][0] * g0[co] + kWinogradG[i][1] * g1[co] +
-                    kWinogradG[i][2] * g2[co];
+          out[co] =
+              kWinogradG[i][0] * g0[co] + kWinogradG[i][1] * g1[co] + kWinogradG[i][2] * g2[co];
       }
     for (int i = 0; i < 6; ++i)
       for (int j = 0; j < 6; ++j) {
@@ -443,46 +444,29 @@ TileShape choose_tile(const std::vector<PackedLayer>& layers, int lanes, int64_t
 // ---- Tail epilogue helpers
 // -----------------------------------------------------------------------
 
-// segment[x * r + j] = tail channel first_channel + j of pixel x, plus residual[x]: one row of
-// the pixel-shuffled output. R > 0 is r known at compile time, for channels that lie in one
-// block, so the j loop vectorizes; R == 0 handles any r and channels spanning blocks.
+// segment[(x * r + j) * segment_stride] = tail channel first_channel + j of pixel x, plus
+// residual[x]: one channel of one row of the pixel-shuffled output. R > 0 is r known at compile
+// time, for channels that lie in one block, so the j loop unrolls; R == 0 handles any r and
+// channels spanning blocks.
 template <int R>
 void gather_output_row(const float* tail_row, int64_t tail_block_stride, int lanes,
                        int64_t first_channel, int r, int width, const float* residual,
-                       float* segment) {
+                       float* segment, int64_t segment_stride) {
   if constexpr (R > 0) {
     const float* src =
         tail_row + (first_channel / lanes) * tail_block_stride + first_channel % lanes;
     for (int x = 0; x < width; ++x)
-      for (int j = 0; j < R; ++j) segment[x * R + j] = src[x * lanes + j] + residual[x];
+      for (int j = 0; j < R; ++j)
+        segment[(x * R + j) * segment_stride] = src[x * lanes + j] + residual[x];
   } else {
     for (int j = 0; j < r; ++j) {
       const int64_t k = first_channel + j;
       const float* src = tail_row + (k / lanes) * tail_block_stride + k % lanes;
-      for (int x = 0; x < width; ++x) segment[x * r + j] = src[x * lanes] + residual[x];
+      for (int x = 0; x < width; ++x)
+        segment[(int64_t{x} * r + j) * segment_stride] = src[x * lanes] + residual[x];
     }
   }
 }
-
-#if defined(__SSE2__)
-// The common float32 case, x4 with unit-stride output rows, in one pass: dst[4x + j] =
-// src[x * lanes + j] + residual[x] (clamped as finish_value<true>, NaN kept). Aligned rows use
-// non-temporal stores: the output (16x the input) is written once and not read back here, so
-// skipping the read-for-ownership saves a third of the epilogue's memory traffic.
-void store_shuffled_x4(float* dst, const float* src, int lanes, const float* residual, int width,
-                       bool clamp) {
-  const __m128 zero = _mm_setzero_ps(), one = _mm_set1_ps(1.0f);
-  const bool aligned = reinterpret_cast<uintptr_t>(dst) % 16 == 0;
-  for (int x = 0; x < width; ++x) {
-    __m128 v = _mm_add_ps(_mm_loadu_ps(src + x * lanes), _mm_set1_ps(residual[x]));
-    if (clamp) v = _mm_min_ps(one, _mm_max_ps(zero, v));
-    if (aligned)
-      _mm_stream_ps(dst + 4 * x, v);
-    else
-      _mm_storeu_ps(dst + 4 * x, v);
-  }
-}
-#endif
 
 template <bool kClamp>
 inline float finish_value(float v) {
@@ -492,8 +476,8 @@ inline float finish_value(float v) {
 // clamp(v, 0, 1) * 255 rounded half-to-even (as std::nearbyint in the default rounding mode):
 // adding and subtracting 1.5 * 2^23 leaves no fraction bits, and the FPU rounds to even.
 inline uint8_t quantize(float v) {
-  const float clamped = v > 0.0f ? (v < 1.0f ? v : 1.0f) : 0.0f;  // NaN -> 0
-  constexpr float kRoundingShift = 12582912.0f;                   // 1.5 * 2^23
+  const float clamped = std::min(std::max(0.0f, v), 1.0f);  // branch-free; NaN -> 0
+  constexpr float kRoundingShift = 12582912.0f;             // 1.5 * 2^23
   return static_cast<uint8_t>((clamped * 255.0f + kRoundingShift) - kRoundingShift);
 }
 
@@ -536,8 +520,8 @@ struct CpuChain::Impl {
     AlignedFloats planes[2];
     AlignedFloats tail_row;        // one row (direct) or 4 rows (Winograd) of tail output
     AlignedFloats winograd;        // the Winograd kernel's scratch
-    AlignedFloats residual_row;    // one row of one input channel, as float
-    AlignedFloats output_segment;  // one row of the tile's output, before the dtype conversion
+    AlignedFloats residual_rows;   // one row of each input channel, as float
+    AlignedFloats output_segment;  // one output row of the tile, before the dtype conversion
   };
 
   int num_layers() const { return static_cast<int>(layers.size()); }
@@ -567,8 +551,8 @@ void CpuChain::Impl::size_planes() {
   max_spans(layers, tile_w, cols, compute_cols);
   plane_capacity[1] = plane_floats(rows[0], cols[0], layers[0].cin, lanes());
   for (int l = 0; l + 1 < num; ++l)
-    plane_capacity[l % 2] = std::max(plane_capacity[l % 2],
-                                     plane_floats(rows[l + 1], cols[l + 1], layers[l].cout, lanes()));
+    plane_capacity[l % 2] = std::max(
+        plane_capacity[l % 2], plane_floats(rows[l + 1], cols[l + 1], layers[l].cout, lanes()));
   const PackedLayer& tail = layers.back();
   tail_capacity = (tail.winograd != nullptr ? kWinogradBlock * compute_cols[num - 1] : tile_w) *
                   tail.cout_padded;
@@ -688,49 +672,53 @@ void CpuChain::Impl::load_residual_row(int64_t n, int64_t c, int64_t y, int64_t 
 }
 
 // Tail epilogue for one low-res row: tail channel k = (c * r + i) * r + j of pixel x goes to
-// output (c, y * r + i, x * r + j), plus the input pixel (c, y, x) when residual.
+// output (c, y * r + i, x * r + j), plus the input pixel (c, y, x) when residual. Each output row
+// is assembled in `segment` in the output's own order and then stored in one pass: channel by
+// channel for planar outputs, all channels interleaved for channels-last ones (HWC uint8 frames,
+// channels_last tensors), whose rows are one contiguous run.
 template <typename OutT>
 void CpuChain::Impl::write_output_row(const float* tail_row, int64_t tail_block_stride, int64_t n,
                                       int64_t y, int64_t x0, int width,
                                       const Scratch& scratch) const {
   const int r = net.scale;
   const int L = lanes();
-  float* residual = scratch.residual_row.get();  // all zeros without residual
+  const bool interleaved = out.stride_c == 1 && out.stride_w == out.c;
+  const int64_t channels_per_segment = interleaved ? out.c : 1;
+  const int64_t segment_length = int64_t{r} * width * channels_per_segment;
+  const int64_t store_stride = interleaved ? 1 : out.stride_w;
+  float* residual = scratch.residual_rows.get();  // [channel][tile_w], all zeros without residual
   float* segment = scratch.output_segment.get();
+  if (net.residual)
+    for (int64_t c = 0; c < out.c; ++c)
+      load_residual_row(n, c, y, x0, width, residual + c * tile_w);
+
   OutT* out_image = static_cast<OutT*>(out.data) + n * out.stride_n;
-  for (int64_t c = 0; c < out.c; ++c) {
-    if (net.residual) load_residual_row(n, c, y, x0, width, residual);
+  for (int64_t c0 = 0; c0 < out.c; c0 += channels_per_segment) {
     for (int64_t i = 0; i < r; ++i) {
-      const int64_t first_channel = (c * r + i) * r;
-      OutT* dst = out_image + c * out.stride_c + (y * r + i) * out.stride_h + x0 * r * out.stride_w;
-#if defined(__SSE2__)
-      if constexpr (std::is_same_v<OutT, float>) {
-        if (r == 4 && out.stride_w == 1 && first_channel % L + 4 <= L) {
-          store_shuffled_x4(dst,
-                            tail_row + (first_channel / L) * tail_block_stride + first_channel % L,
-                            L, residual, width, net.clamp);
-          continue;
+      for (int64_t c = c0; c < c0 + channels_per_segment; ++c) {
+        const int64_t first_channel = (c * r + i) * r;
+        auto gather = [&](auto compile_time_r) {
+          gather_output_row<decltype(compile_time_r)::value>(
+              tail_row, tail_block_stride, L, first_channel, r, width, residual + c * tile_w,
+              segment + (c - c0), channels_per_segment);
+        };
+        const bool one_block = first_channel % L + r <= L;
+        switch (one_block ? r : 0) {
+          case 1: gather(std::integral_constant<int, 1>()); break;
+          case 2: gather(std::integral_constant<int, 2>()); break;
+          case 3: gather(std::integral_constant<int, 3>()); break;
+          case 4: gather(std::integral_constant<int, 4>()); break;
+          default: gather(std::integral_constant<int, 0>()); break;
         }
       }
-#endif
-      auto gather = [&](auto compile_time_r) {
-        gather_output_row<decltype(compile_time_r)::value>(
-            tail_row, tail_block_stride, L, first_channel, r, width, residual, segment);
-      };
-      const bool one_block = first_channel % L + r <= L;
-      switch (one_block ? r : 0) {
-        case 1: gather(std::integral_constant<int, 1>()); break;
-        case 2: gather(std::integral_constant<int, 2>()); break;
-        case 3: gather(std::integral_constant<int, 3>()); break;
-        case 4: gather(std::integral_constant<int, 4>()); break;
-        default: gather(std::integral_constant<int, 0>()); break;
-      }
+      OutT* dst =
+          out_image + c0 * out.stride_c + (y * r + i) * out.stride_h + x0 * r * out.stride_w;
       if constexpr (std::is_same_v<OutT, uint8_t>) {
-        store_segment(dst, out.stride_w, segment, int64_t{r} * width);
+        store_segment(dst, store_stride, segment, segment_length);
       } else if (net.clamp) {
-        store_segment<true>(dst, out.stride_w, segment, int64_t{r} * width);
+        store_segment<true>(dst, store_stride, segment, segment_length);
       } else {
-        store_segment<false>(dst, out.stride_w, segment, int64_t{r} * width);
+        store_segment<false>(dst, store_stride, segment, segment_length);
       }
     }
   }
@@ -835,9 +823,10 @@ void CpuChain::run(int64_t begin, int64_t end) const {
   scratch.planes[1] = AlignedFloats(impl.plane_capacity[1]);
   scratch.tail_row = AlignedFloats(impl.tail_capacity);
   scratch.winograd = AlignedFloats(impl.winograd_capacity);
-  scratch.residual_row = AlignedFloats(impl.tile_w);
-  std::fill(scratch.residual_row.get(), scratch.residual_row.get() + impl.tile_w, 0.0f);
-  scratch.output_segment = AlignedFloats(impl.tile_w * impl.net.scale);
+  scratch.residual_rows = AlignedFloats(impl.out.c * impl.tile_w);
+  std::fill(scratch.residual_rows.get(), scratch.residual_rows.get() + impl.out.c * impl.tile_w,
+            0.0f);
+  scratch.output_segment = AlignedFloats(impl.tile_w * impl.net.scale * impl.out.c);
   for (int64_t item = begin; item < end; ++item) impl.run_tile(item, scratch);
 #if defined(__SSE2__)
   _mm_sfence();  // order the epilogue's non-temporal stores before the caller's next access
