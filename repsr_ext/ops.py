@@ -18,6 +18,16 @@ _FIX = (
     "(add -e for an editable install)."
 )
 
+
+
+def version_mismatch(built_for: str, running: str) -> str | None:
+    """The error for an extension built against another torch (C++ ABI differs between
+    releases, and a CPU build lacks CUDA kernels), or None when they match."""
+    if built_for == running:
+        return None
+    return f"the repsr_ext C++ extension was built for torch {built_for} but torch {running} is running. {_FIX}"
+
+
 _load_error: str | None = None
 build_info = None
 
@@ -26,16 +36,14 @@ try:
 except ImportError:
     _load_error = f"the repsr_ext C++ extension was never built (no repsr_ext/_build_info.py). {_FIX}"
 else:
-    try:
-        from . import _C  # noqa: F401  (importing registers the ops)
-    except ImportError as e:
-        _load_error = f"the repsr_ext C++ extension could not be loaded ({e}). {_FIX}"
-if _load_error is None:
-    if build_info.TORCH_VERSION != torch.__version__:
-        _load_error = (
-            f"the repsr_ext C++ extension was built for torch {build_info.TORCH_VERSION} but torch "
-            f"{torch.__version__} is running. {_FIX}"
-        )
+    # Checked before importing _C: loading a library built for another torch may fail on missing
+    # symbols with a less helpful message, or worse, load and misbehave.
+    _load_error = version_mismatch(build_info.TORCH_VERSION, torch.__version__)
+    if _load_error is None:
+        try:
+            from . import _C  # noqa: F401  (importing registers the ops)
+        except ImportError as e:
+            _load_error = f"the repsr_ext C++ extension could not be loaded ({e}). {_FIX}"
 
 if _load_error:
     warnings.warn(_load_error, RuntimeWarning, stacklevel=2)
