@@ -6,6 +6,7 @@
     repsr eval --model m4c16_x4.safetensors
     repsr bench --preset M4C16 --size 180x320
     repsr info
+    repsr experiment run --seeds 3      (then: repsr experiment summarize; see experiments/README.md)
 
 Errors the user can fix (bad arguments, missing or unusable files, a missing extension) are reported
 in one line, ``repsr: error: ...``, with exit status 2 for usage errors and 1 for runtime failures;
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, ops, train
+from . import __version__, experiment, ops, train
 from .data import (
     IMAGE_EXTENSIONS,
     bicubic_degrade,
@@ -528,6 +529,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("info", "Versions, build, CPU instruction set, GPUs, threads and shipped models.")
     p.set_defaults(run=run_info)
+
+    # The paper's claims at a small scale; the actions (run, summarize, measure) live in experiment.py.
+    p = command("experiment", "Reproduce RepSR's claims at a small scale: a resumable grid of training arms x seeds.")
+    experiment.add_arguments(p)
     return parser
 
 

@@ -1,0 +1,871 @@
+"""The RepSR paper's claims at a small scale: a resumable grid of training arms x seeds.
+
+Claims checked (RepSR, Wang et al. 2022, arXiv:2205.05671):
+
+1. BN inside re-parameterizable SR blocks improves results once its train/test mismatch is removed
+   (``repsr`` and ``repsr_switch0.5`` against ``repsr_no_bn``);
+2. training with mini-batch statistics and then switching BN to population statistics removes what
+   plain BN does wrong (``repsr`` against ``repsr_batch_bn``, which keeps mini-batch statistics
+   throughout and is deployed with its running statistics; the smooth-region crop figure);
+3. the RepSR block beats RepVGG, ACB, DBB and ECB (and a plain conv) at the same deployed size.
+
+Every arm trains the same deployed network (``BASE``: M4C16, x4, PReLU) on the same data (the
+embedded training photographs), with the same iterations, optimizer (Adam) and schedule (cosine);
+only the training block or its BN treatment (``ARMS``) changes. Each run is evaluated once trained,
+deployed (``model.safetensors``, the re-parameterized plain conv chain, so BN uses its running
+statistics) on the held-out photographs (``data.HELDOUT``; PSNR/SSIM on Y, border = scale).
+
+Files, under ``out_dir`` (default ``experiments/runs``)::
+
+    <arm>/seed_<k>/result.json        the finished run (see ``run_one``)
+    <arm>/seed_<k>/model.safetensors  its deployed network
+    <arm>/seed_<k>/config.yaml, log.csv
+    <arm>/seed_<k>/checkpoints/last.pt   only while the run is unfinished (every CHECKPOINT_EVERY)
+
+``run_grid`` skips runs that have a ``result.json``, resumes runs that have a checkpoint (the
+trainer's bitwise-exact resume) and starts the others, seed by seed (all arms of seed 0 first), so
+an interrupted grid is continued by running the same command again, in any later session.
+``summarize`` / ``render_results`` turn the result files into tables (``experiments/RESULTS.md``,
+between markers, leaving the hand-written reading alone) and figures (matplotlib, optional extra
+``experiment``).
+
+Command line: ``repsr experiment run|summarize|measure`` (``python -m repsr_ext.experiment`` too).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import bicubic_degrade, image_to_tensor, imresize, mod_crop, quantize_8bit, validation_images
+from .formats import _atomic_write
+from .metrics import SSIM_WINDOW, psnr_ssim_y, rgb_to_y
+from .nets import PlainSR
+from .train import _RESUME_MAY_CHANGE, Trainer, TrainConfig, build_network, load_checkpoint
+
+# --- the grid ------------------------------------------------------------------------------------
+
+DEFAULT_OUT = "experiments/runs"
+DEFAULT_RESULTS = "experiments/RESULTS.md"
+DEFAULT_FIGURES = "experiments/figures"
+DEFAULT_SEEDS = 3
+# Sized so that the whole grid (9 arms x 3 seeds) takes about 2.2 h of training at the speeds
+# measured on the project's 2-core machine (MEASURED_IT_PER_S), leaving room for evaluation,
+# checkpoints and a busier machine within about three hours; experiments/README.md has the sums.
+DEFAULT_ITERATIONS = 12_000
+CHECKPOINT_EVERY = 1_000
+
+# The common training setup: the deployed network, the data, the optimizer and its schedule.
+BASE: dict = dict(
+    preset="M4C16",
+    scale=4,
+    act="prelu",
+    data="embedded",
+    val_data="embedded",
+    patch_size=64,
+    batch_size=16,
+    augment=True,
+    lr=5e-4,
+    betas=(0.9, 0.99),
+    schedule="cosine",
+    min_lr=1e-7,
+    ema_decay=0.0,  # no EMA: the exported weights are the trained ones, in every arm alike
+    num_workers=0,
+    val_every=0,  # the grid evaluates the deployed file itself, once, at the end
+    checkpoint_every=CHECKPOINT_EVERY,
+    log_every=200,
+    device="cpu",
+)
+
+_REPSR = {"expansion": 2, "bn": "both"}
+
+# name -> the TrainConfig keys that make the arm. Blocks other than repsr are trained as in their
+# own papers: BN (repvgg, acb, dbb) with mini-batch statistics throughout and deployed with its
+# running statistics; plain and ecb have no BN, where bn_switch_at changes nothing.
+ARMS: dict[str, dict] = {
+    "plain": dict(block="plain", block_options={}, bn_switch_at=1.0),
+    "repvgg": dict(block="repvgg", block_options={}, bn_switch_at=1.0),
+    "acb": dict(block="acb", block_options={}, bn_switch_at=1.0),
+    "dbb": dict(block="dbb", block_options={}, bn_switch_at=1.0),
+    "ecb": dict(block="ecb", block_options={}, bn_switch_at=1.0),
+    "repsr": dict(block="repsr", block_options=dict(_REPSR), bn_switch_at=0.8),
+    "repsr_switch0.5": dict(block="repsr", block_options=dict(_REPSR), bn_switch_at=0.5),
+    "repsr_batch_bn": dict(block="repsr", block_options=dict(_REPSR), bn_switch_at=1.0),
+    "repsr_no_bn": dict(block="repsr", block_options={**_REPSR, "bn": "none"}, bn_switch_at=1.0),
+}
+
+DESCRIPTIONS: dict[str, str] = {
+    "plain": "plain 3x3 conv (the deployed form)",
+    "repvgg": "RepVGG block, BN batch stats throughout",
+    "acb": "ACB block, BN batch stats throughout",
+    "dbb": "DBB block, BN batch stats throughout",
+    "ecb": "ECB block (no BN)",
+    "repsr": "RepSR block, BN switched to population stats at 0.8 (the method)",
+    "repsr_switch0.5": "RepSR block, BN switched at 0.5",
+    "repsr_batch_bn": "RepSR block, BN batch stats throughout (plain BN)",
+    "repsr_no_bn": "RepSR block without BN",
+}
+
+# The questions the tables answer: (claim, arm A, arm B) -> A minus B, paired by seed.
+COMPARISONS: tuple[tuple[str, str, str], ...] = (
+    ("1: BN helps once the mismatch is removed", "repsr", "repsr_no_bn"),
+    ("1: BN helps once the mismatch is removed", "repsr_switch0.5", "repsr_no_bn"),
+    ("1/2: plain BN (mismatch kept)", "repsr_batch_bn", "repsr_no_bn"),
+    ("2: the switch fixes plain BN", "repsr", "repsr_batch_bn"),
+    ("2: the switch fixes plain BN", "repsr_switch0.5", "repsr_batch_bn"),
+    ("2: switch point", "repsr", "repsr_switch0.5"),
+    ("3: RepSR vs other blocks", "repsr", "plain"),
+    ("3: RepSR vs other blocks", "repsr", "repvgg"),
+    ("3: RepSR vs other blocks", "repsr", "acb"),
+    ("3: RepSR vs other blocks", "repsr", "dbb"),
+    ("3: RepSR vs other blocks", "repsr", "ecb"),
+)
+
+# Training speed of each arm with the grid's patch/batch on the project's 2-core VM (torch 2.13
+# CPU, 2 threads, after 10 warm-up steps; `repsr experiment measure`), used only to estimate how
+# long what is left of the grid will take.
+MEASURED_IT_PER_S: dict[str, float] = {
+    "plain": 119.7, "repvgg": 69.8, "acb": 58.1, "dbb": 28.9, "ecb": 24.6,
+    "repsr": 36.9, "repsr_switch0.5": 39.0, "repsr_batch_bn": 37.8, "repsr_no_bn": 50.6,
+}
+
+# Keys the grid sets per run; overrides may not change them.
+_GRID_KEYS = frozenset({"block", "block_options", "bn_switch_at", "seed", "iterations", "output", "resume"})
+RESULT_FILE = "result.json"
+RESULT_FORMAT = "repsr_ext.experiment_result"
+BEGIN_MARK = "<!-- BEGIN GENERATED: `repsr experiment summarize` rewrites everything up to END GENERATED -->"
+END_MARK = "<!-- END GENERATED -->"
+
+
+def check_arms(names: Iterable[str] | None) -> list[str]:
+    """``names`` (all arms when None) in grid order; ValueError for an unknown one."""
+    if names is None:
+        return list(ARMS)
+    names = list(names)
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arm {', '.join(map(repr, unknown))}; arms: {', '.join(ARMS)}")
+    return [n for n in ARMS if n in names]
+
+
+def _seed_list(seeds: int | Iterable[int]) -> list[int]:
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {seeds}")
+        return list(range(seeds))
+    seeds = sorted(set(int(s) for s in seeds))
+    if not seeds:
+        raise ValueError("no seeds given")
+    return seeds
+
+
+def run_dir(out_dir, arm: str, seed: int) -> Path:
+    return Path(out_dir) / arm / f"seed_{seed}"
+
+
+def run_config(out_dir, arm: str, seed: int, iterations: int = DEFAULT_ITERATIONS,
+               overrides: dict | None = None, **settings) -> TrainConfig:
+    """The TrainConfig of one run: ``BASE``, then ``overrides`` (e.g. a tiny preset for tests),
+    then the arm, the seed, the iterations and the output folder. ``settings``: keys that do not
+    change what is computed (``progress``, ``resume``, ...)."""
+    check_arms([arm])
+    overrides = dict(overrides or {})
+    fixed = sorted(_GRID_KEYS & set(overrides))
+    if fixed:
+        raise ValueError(f"overrides may not set {', '.join(fixed)}: the grid sets them per arm and run")
+    bad = sorted(set(settings) - _RESUME_MAY_CHANGE)
+    if bad:
+        raise ValueError(f"settings {', '.join(bad)} change the computation; pass them as overrides")
+    values = {**BASE, **overrides, **ARMS[arm], "seed": seed, "iterations": iterations,
+              "output": str(run_dir(out_dir, arm, seed)), "progress": False, **settings}
+    return TrainConfig.from_dict(values, source=f"experiment arm {arm!r}")
+
+
+def _computed(config: dict) -> dict:
+    """The keys of a config dict that decide what a run computes."""
+    return {k: v for k, v in config.items() if k not in _RESUME_MAY_CHANGE}
+
+
+def _differences(wanted: dict, found: dict) -> list[str]:
+    wanted, found = _computed(wanted), _computed(found)
+    return [f"{k} (found {found.get(k)!r}, wanted {wanted.get(k)!r})"
+            for k in sorted(set(wanted) | set(found)) if wanted.get(k) != found.get(k)]
+
+
+def read_result(path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+    if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT:
+        raise ValueError(f"{path} is not an experiment result file")
+    return result
+
+
+def run_status(config: TrainConfig) -> str:
+    """'done' (result file), 'partial' (a checkpoint to resume from) or 'todo'."""
+    output = Path(config.output)
+    if (output / RESULT_FILE).is_file():
+        return "done"
+    if (output / "checkpoints" / "last.pt").is_file():
+        return "partial"
+    return "todo"
+
+
+# --- evaluation ----------------------------------------------------------------------------------
+
+
+def heldout_pairs(scale: int, source: str = "embedded") -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, LR, HR) float tensors of the held-out images, LR by bicubic degradation rounded to 8
+    bit, images too small for SSIM after the border crop left out (as the trainer does)."""
+    pairs = []
+    for name, image in validation_images(source):
+        if min(image.shape[:2]) // scale * scale < 2 * scale + SSIM_WINDOW:
+            continue
+        hr = image_to_tensor(mod_crop(image, scale))
+        pairs.append((name, bicubic_degrade(hr, scale), hr))
+    if not pairs:
+        raise ValueError(f"no usable held-out images in {source!r}")
+    return pairs
+
+
+@torch.inference_mode()
+def upscale(plain: PlainSR, lr: torch.Tensor) -> torch.Tensor:
+    """The deployed network on one LR image, rounded to 8 bit as a saved PNG would be."""
+    return quantize_8bit(plain.eval()(lr[None].float())[0])
+
+
+def evaluate_deployed(plain: PlainSR, source: str = "embedded") -> list[dict]:
+    """Per held-out image: PSNR/SSIM (Y, border = scale) of ``plain`` and of bicubic upscaling."""
+    scale = plain.scale
+    rows = []
+    for name, lr, hr in heldout_pairs(scale, source):
+        psnr, ssim = psnr_ssim_y(upscale(plain, lr), hr, crop_border=scale)
+        bicubic_psnr, bicubic_ssim = psnr_ssim_y(quantize_8bit(imresize(lr, scale)), hr, crop_border=scale)
+        rows.append(dict(image=name, psnr=psnr, ssim=ssim, bicubic_psnr=bicubic_psnr, bicubic_ssim=bicubic_ssim))
+    return rows
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+# --- running ---------------------------------------------------------------------------------------
+
+
+def run_one(config: TrainConfig, arm: str, keep_checkpoint: bool = False,
+            log: Callable[[str], None] = print) -> dict:
+    """Trains (or resumes) one run to the end, evaluates its deployed file and writes
+    ``result.json``; returns the result. The result holds: arm, seed, config, per-image and mean
+    PSNR/SSIM of the deployed network and of bicubic upscaling, training seconds (summed over
+    sessions, from the checkpoint) and seconds per iteration, deployed and training parameters,
+    the iterations it was resumed at, and the software and machine. Unless ``keep_checkpoint``,
+    the checkpoint (optimizer state included) is removed once the result is written."""
+    output = Path(config.output)
+    checkpoint = output / "checkpoints" / "last.pt"
+    resumed_at = []
+    if checkpoint.is_file():
+        state = load_checkpoint(checkpoint)
+        differing = _differences(config.to_dict(), state["config"])
+        if differing:
+            raise ValueError(f"{output} holds a run with other settings ({'; '.join(differing)}); "
+                             "finish it with those settings or use another --out")
+        resumed_at.append(int(state["iteration"]))
+        config = TrainConfig.from_dict({**config.to_dict(), "resume": "last"})
+        log(f"{arm} seed {config.seed}: resuming at iteration {resumed_at[0]} of {config.iterations}")
+    else:
+        log(f"{arm} seed {config.seed}: training {config.iterations} iterations")
+    trainer = Trainer(config)
+    try:
+        trained = trainer.run()
+    finally:
+        trainer.close()
+    state = load_checkpoint(checkpoint)
+    training_seconds = float(state["elapsed"])
+    plain = PlainSR.load(output / "model.safetensors")
+    images = evaluate_deployed(plain, config.val_data)
+    mean = {key: float(np.mean([row[key] for row in images]))
+            for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+    result = {
+        "format": RESULT_FORMAT,
+        "arm": arm,
+        "description": DESCRIPTIONS.get(arm, ""),
+        "seed": config.seed,
+        "config": {**config.to_dict(), "resume": ""},
+        "iterations": trained.iteration,
+        **mean,
+        "images": images,
+        "training_seconds": training_seconds,
+        "seconds_per_iteration": training_seconds / max(trained.iteration, 1),
+        "final_loss": trained.loss,
+        "deployed_params": count_parameters(plain),
+        "training_params": count_parameters(build_network(config)),
+        "resumed_at": resumed_at,
+        "threads": torch.get_num_threads(),
+        "versions": {"repsr_ext": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    text = json.dumps(result, indent=1) + "\n"
+    _atomic_write(output / RESULT_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    if not keep_checkpoint:
+        checkpoint.unlink(missing_ok=True)
+        try:
+            checkpoint.parent.rmdir()
+        except OSError:
+            pass
+    log(f"{arm} seed {config.seed}: PSNR {mean['psnr']:.3f} dB, SSIM {mean['ssim']:.4f} "
+        f"(bicubic {mean['bicubic_psnr']:.3f} dB), {result['seconds_per_iteration'] * 1000:.1f} ms/it")
+    return result
+
+
+def plan(out_dir, seeds=DEFAULT_SEEDS, iterations: int = DEFAULT_ITERATIONS, only=None,
+         overrides: dict | None = None) -> list[tuple[str, int, TrainConfig, str]]:
+    """The runs of the grid in the order they run (seed by seed, arms in ``ARMS`` order), each
+    as (arm, seed, config, status) with status 'done', 'partial' or 'todo'."""
+    return [(arm, seed, config, run_status(config))
+            for seed in _seed_list(seeds) for arm in check_arms(only)
+            for config in [run_config(out_dir, arm, seed, iterations, overrides)]]
+
+
+def estimate_seconds(runs: list[tuple[str, int, TrainConfig, str]]) -> float:
+    """Training time left for the runs not done, at ``MEASURED_IT_PER_S`` (resumed runs counted
+    whole); only meaningful for the default setup."""
+    return sum(config.iterations / MEASURED_IT_PER_S.get(arm, 30.0)
+               for arm, _, config, status in runs if status != "done")
+
+
+def run_grid(out_dir=DEFAULT_OUT, seeds=DEFAULT_SEEDS, iterations: int = DEFAULT_ITERATIONS, only=None, *,
+             overrides: dict | None = None, threads: int | None = None, keep_checkpoints: bool = False,
+             max_minutes: float | None = None, progress: bool = False,
+             log: Callable[[str], None] = print) -> list[dict]:
+    """Runs the grid ``only`` arms (default all) x ``seeds`` (a count: seeds 0..n-1, or a list).
+
+    A run with a ``result.json`` is skipped (after checking it was made with the same settings), one
+    with a checkpoint is resumed, the others are trained from scratch. ``overrides``: TrainConfig
+    keys that replace ``BASE`` for every arm (tests use a tiny preset). ``threads``: torch threads
+    while the grid runs. ``max_minutes``: start no new run after this many minutes (a run in
+    progress finishes). Returns the results of every finished run of the grid, skipped ones included.
+    """
+    started = time.monotonic()
+    runs = plan(out_dir, seeds, iterations, only, overrides)
+    todo = sum(status != "done" for *_, status in runs)
+    log(f"grid: {len(runs)} runs, {len(runs) - todo} done, {todo} to run, in {out_dir}")
+    finished = {}
+    for arm, seed, config, status in runs:  # every finished run checked before anything trains
+        if status == "done":
+            result = read_result(Path(config.output) / RESULT_FILE)
+            differing = _differences(config.to_dict(), result["config"])
+            if differing:
+                raise ValueError(f"{config.output} holds a result made with other settings "
+                                 f"({'; '.join(differing)}); use another --out")
+            finished[arm, seed] = result
+    results = []
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        for arm, seed, config, status in runs:
+            if (arm, seed) in finished:
+                log(f"{arm} seed {seed}: done, skipped")
+                results.append(finished[arm, seed])
+                continue
+            if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
+                log(f"stopping: {max_minutes:g} minutes have passed; run the same command again to continue")
+                break
+            if progress:
+                config = TrainConfig.from_dict({**config.to_dict(), "progress": True})
+            results.append(run_one(config, arm, keep_checkpoints, log))
+    finally:
+        torch.set_num_threads(previous_threads)
+    return results
+
+
+def measure_speed(arms=None, iterations: int = 30, warmup: int = 10, overrides: dict | None = None,
+                  threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, float]:
+    """Training iterations per second of each arm with the grid's setup (``BASE`` + overrides),
+    timed over ``iterations`` steps after ``warmup`` steps, in a temporary folder."""
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    speeds = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for arm in check_arms(arms):
+                config = run_config(tmp, arm, 0, warmup + iterations, {**(overrides or {}), "checkpoint_every": 0})
+                trainer = Trainer(config)
+                try:
+                    trainer.run(until=warmup)
+                    speeds[arm] = trainer.run(until=warmup + iterations).iterations_per_second
+                finally:
+                    trainer.close()
+                log(f"{arm:16s} {speeds[arm]:7.1f} it/s  ({1000 / speeds[arm]:.1f} ms/it)")
+    finally:
+        torch.set_num_threads(previous_threads)
+    return speeds
+
+
+# --- summary ---------------------------------------------------------------------------------------
+
+
+def load_results(out_dir) -> list[dict]:
+    """Every result file under ``out_dir`` (``<arm>/seed_<k>/result.json``)."""
+    return [read_result(path) for path in sorted(Path(out_dir).glob(f"*/seed_*/{RESULT_FILE}"))]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value)."""
+    values = [float(v) for v in values]
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def _arm_order(arms: Iterable[str]) -> list[str]:
+    arms = set(arms)
+    return [a for a in ARMS if a in arms] + sorted(arms - set(ARMS))
+
+
+def summarize(out_dir=DEFAULT_OUT, results: list[dict] | None = None) -> list[dict]:
+    """One row per arm with results, in ``ARMS`` order: arm, description, runs, seeds, iterations, scale,
+    mean and sample std over seeds of PSNR / SSIM / PSNR gain over bicubic, bicubic PSNR/SSIM,
+    seconds per iteration (mean), deployed and training parameters, and per image the mean PSNR."""
+    results = load_results(out_dir) if results is None else results
+    by_arm: dict[str, list[dict]] = {}
+    for result in results:
+        by_arm.setdefault(result["arm"], []).append(result)
+    table = []
+    for arm in _arm_order(by_arm):
+        runs = sorted(by_arm[arm], key=lambda r: r["seed"])
+        row = dict(arm=arm, description=runs[0].get("description", DESCRIPTIONS.get(arm, "")), runs=len(runs),
+                   seeds=[r["seed"] for r in runs], iterations=sorted({r["iterations"] for r in runs}),
+                   scale=runs[0]["config"]["scale"])
+        for key in ("psnr", "ssim"):
+            row[f"{key}_mean"], row[f"{key}_std"] = _mean_std([r[key] for r in runs])
+        row["gain_mean"], row["gain_std"] = _mean_std([r["psnr"] - r["bicubic_psnr"] for r in runs])
+        row["bicubic_psnr"] = float(np.mean([r["bicubic_psnr"] for r in runs]))
+        row["bicubic_ssim"] = float(np.mean([r["bicubic_ssim"] for r in runs]))
+        row["seconds_per_iteration"] = float(np.mean([r["seconds_per_iteration"] for r in runs]))
+        row["deployed_params"] = sorted({r["deployed_params"] for r in runs})
+        row["training_params"] = sorted({r["training_params"] for r in runs})
+        images: dict[str, list[float]] = {}
+        for r in runs:
+            for image in r["images"]:
+                images.setdefault(image["image"], []).append(image["psnr"])
+        row["image_psnr"] = {name: float(np.mean(v)) for name, v in images.items()}
+        row["psnr_by_seed"] = {r["seed"]: r["psnr"] for r in runs}
+        row["ssim_by_seed"] = {r["seed"]: r["ssim"] for r in runs}
+        table.append(row)
+    return table
+
+
+def compare(table: list[dict]) -> list[dict]:
+    """``COMPARISONS`` where both arms have results: the PSNR and SSIM of A minus B over the
+    seeds both have (mean, sample std), and on how many of them A is better."""
+    rows = {row["arm"]: row for row in table}
+    out = []
+    for claim, a, b in COMPARISONS:
+        if a not in rows or b not in rows:
+            continue
+        seeds = sorted(set(rows[a]["psnr_by_seed"]) & set(rows[b]["psnr_by_seed"]))
+        if not seeds:
+            continue
+        dpsnr = [rows[a]["psnr_by_seed"][s] - rows[b]["psnr_by_seed"][s] for s in seeds]
+        dssim = [rows[a]["ssim_by_seed"][s] - rows[b]["ssim_by_seed"][s] for s in seeds]
+        (pm, ps), (sm, ss) = _mean_std(dpsnr), _mean_std(dssim)
+        out.append(dict(claim=claim, a=a, b=b, seeds=len(seeds), dpsnr_mean=pm, dpsnr_std=ps,
+                        dssim_mean=sm, dssim_std=ss, a_better=sum(d > 0 for d in dpsnr)))
+    return out
+
+
+def _pm(mean: float, std: float | None, digits: int) -> str:
+    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
+
+
+def _signed_pm(mean: float, std: float | None, digits: int) -> str:
+    return f"{mean:+.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:+.{digits}f}"
+
+
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def format_tables(table: list[dict]) -> str:
+    """The summary as markdown: per arm (ranked by mean PSNR), the paired comparisons, per image."""
+    if not table:
+        return "_No finished runs yet._\n"
+    ranked = sorted(table, key=lambda r: -r["psnr_mean"])
+    bicubic = ranked[0]
+    deployed = sorted({p for row in table for p in row["deployed_params"]})
+    iterations = sorted({i for row in table for i in row["iterations"]})
+    parts = [
+        f"Mean ± sample std over seeds; held-out photographs, x{ranked[0]['scale']}, PSNR (dB) / SSIM on Y, "
+        f"border = scale, deployed network. Iterations per run: {', '.join(map(str, iterations))}. "
+        f"Bicubic: {bicubic['bicubic_psnr']:.3f} dB / {bicubic['bicubic_ssim']:.4f}. Deployed parameters: "
+        + (f"{deployed[0]:,} in every arm." if len(deployed) == 1
+           else f"DIFFER between arms ({', '.join(f'{p:,}' for p in deployed)}) -- not a like-for-like grid!"),
+        "",
+        _markdown_table(
+            ["rank", "arm", "what", "seeds", "PSNR", "SSIM", "gain over bicubic", "ms / iteration",
+             "training params"],
+            [[str(i + 1), f"`{r['arm']}`", r["description"], str(r["runs"]), _pm(r["psnr_mean"], r["psnr_std"], 3),
+              _pm(r["ssim_mean"], r["ssim_std"], 4), _signed_pm(r["gain_mean"], r["gain_std"], 3),
+              f"{1000 * r['seconds_per_iteration']:.1f}", ", ".join(f"{p:,}" for p in r["training_params"])]
+             for i, r in enumerate(ranked)],
+        ),
+    ]
+    comparisons = compare(table)
+    if comparisons:
+        parts += [
+            "",
+            "Paired by seed (same seed: same sample stream), A minus B:",
+            "",
+            _markdown_table(
+                ["claim", "A", "B", "seeds", "Δ PSNR (dB)", "Δ SSIM", "seeds where A is better"],
+                [[c["claim"], f"`{c['a']}`", f"`{c['b']}`", str(c["seeds"]),
+                  _signed_pm(c["dpsnr_mean"], c["dpsnr_std"], 3),
+                  _signed_pm(c["dssim_mean"], c["dssim_std"], 4), f"{c['a_better']} of {c['seeds']}"]
+                 for c in comparisons],
+            ),
+        ]
+    names = list(dict.fromkeys(n for row in table for n in row["image_psnr"]))
+    parts += [
+        "",
+        "PSNR (dB) per held-out image, mean over seeds:",
+        "",
+        _markdown_table(["arm", *names],
+                        [[f"`{r['arm']}`", *(f"{r['image_psnr'][n]:.3f}" if n in r["image_psnr"] else "–"
+                                             for n in names)] for r in table]),
+    ]
+    return "\n".join(parts) + "\n"
+
+
+# --- figures ----------------------------------------------------------------------------------------
+
+
+def has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ranking_plot(table: list[dict], path) -> Path:
+    """Arms ranked by mean PSNR, with sample-std error bars and each seed as a dot, next to the
+    same for SSIM; the bicubic baseline as a dashed line."""
+    from matplotlib.figure import Figure
+
+    ranked = sorted(table, key=lambda r: r["psnr_mean"])
+    fig = Figure(figsize=(11, 0.45 * len(ranked) + 1.8), layout="constrained")
+    axes = fig.subplots(1, 2, sharey=True)
+    y = np.arange(len(ranked))
+    for ax, key, label, baseline in ((axes[0], "psnr", "PSNR (dB, Y)", "bicubic_psnr"),
+                                     (axes[1], "ssim", "SSIM (Y)", "bicubic_ssim")):
+        means = [r[f"{key}_mean"] for r in ranked]
+        stds = [r[f"{key}_std"] or 0.0 for r in ranked]
+        colors = ["tab:red" if r["arm"].startswith("repsr") else "tab:blue" for r in ranked]
+        ax.errorbar(means, y, xerr=stds, fmt="none", ecolor="black", capsize=4, zorder=2)
+        ax.scatter(means, y, c=colors, s=40, zorder=3, label="mean ± std over seeds")
+        for i, r in enumerate(ranked):
+            values = list(r[f"{key}_by_seed"].values())
+            ax.scatter(values, [i] * len(values), marker="x", s=18, color="gray", zorder=1)
+        ax.axvline(float(np.mean([r[baseline] for r in ranked])), color="gray", linestyle="--", label="bicubic")
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(y, [f"{r['arm']} (n={r['runs']})" for r in ranked])
+    axes[0].legend(loc="lower right", fontsize="small")
+    fig.suptitle("Held-out photographs, deployed networks (same size); x: individual seeds")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+SMOOTH_MEAN_Y = (48.0, 220.0)  # on the 16..235 scale of Y
+
+
+def find_smooth_crop(pairs: list[tuple[str, torch.Tensor, torch.Tensor]], size: int, scale: int,
+                     margin: int = 16) -> tuple[str, int, int]:
+    """(image name, top, left) of the ``size`` x ``size`` HR window with the lowest variance of Y
+    over all images, on a grid of ``scale`` pixels, at least ``margin`` from the border, among
+    windows of mid-tone mean brightness (Y in ``SMOOTH_MEAN_Y``: dark areas have a low variance
+    just by being dark, and show little) with almost no clipped (0 or 255) pixels (saturation would
+    hide artifacts). On the held-out photographs: the sky of ``camera``."""
+    best = (math.inf, "", 0, 0)
+    for name, _, hr in pairs:
+        y = rgb_to_y(hr)
+        rgb = hr.permute(1, 2, 0).numpy()
+        clipped = ((rgb <= 1 / 255) | (rgb >= 254 / 255)).any(axis=2).astype(np.float64)
+        h, w = y.shape
+        if h < size + 2 * margin or w < size + 2 * margin:
+            continue
+
+        def window_sums(a: np.ndarray) -> np.ndarray:
+            c = np.pad(a.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+            return c[size:, size:] - c[:-size, size:] - c[size:, :-size] + c[:-size, :-size]
+
+        n = size * size
+        mean = window_sums(y) / n
+        variance = window_sums(y * y) / n - mean ** 2
+        clipped_fraction = window_sums(clipped) / n
+        tops = np.arange(margin, h - size - margin + 1)
+        lefts = np.arange(margin, w - size - margin + 1)
+        tops, lefts = tops[tops % scale == 0], lefts[lefts % scale == 0]
+        v = variance[np.ix_(tops, lefts)]
+        low, high = SMOOTH_MEAN_Y
+        mid_tone = (mean[np.ix_(tops, lefts)] >= low) & (mean[np.ix_(tops, lefts)] <= high)
+        v = np.where((clipped_fraction[np.ix_(tops, lefts)] > 0.01) | ~mid_tone, np.inf, v)
+        i, j = np.unravel_index(np.argmin(v), v.shape)
+        if v[i, j] < best[0]:
+            best = (float(v[i, j]), name, int(tops[i]), int(lefts[j]))
+    if not best[1]:
+        raise ValueError(f"no held-out image has an unclipped mid-tone {size} x {size} window")
+    return best[1], best[2], best[3]
+
+
+def smooth_crop_figure(out_dir, path, arms: tuple[str, str] = ("repsr_batch_bn", "repsr"),
+                       seed: int | None = None, size: int = 64) -> Path:
+    """Plain BN (mini-batch statistics throughout) against switched BN, same seed, on the
+    smoothest crop of the held-out images: HR, bicubic and each deployed model (nearest-neighbour
+    enlarged), the same crops contrast-stretched, and the error in Y (x amplified)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    out_dir = Path(out_dir)
+    have = [{int(p.parent.name.removeprefix("seed_")) for p in (out_dir / arm).glob(f"seed_*/{RESULT_FILE}")
+             if (p.parent / "model.safetensors").is_file()} for arm in arms]
+    common = sorted(set.intersection(*have))
+    if seed is None:
+        if not common:
+            raise ValueError(f"no seed has finished runs of both {arms[0]} and {arms[1]} in {out_dir}")
+        seed = common[0]
+    elif seed not in common:
+        raise ValueError(f"seed {seed} has not finished both {arms[0]} and {arms[1]} in {out_dir}")
+    models = [PlainSR.load(run_dir(out_dir, arm, seed) / "model.safetensors") for arm in arms]
+    scale = models[0].scale
+    source = read_result(run_dir(out_dir, arms[0], seed) / RESULT_FILE)["config"].get("val_data", "embedded")
+    pairs = heldout_pairs(scale, source)
+    size = size - size % scale
+    name, top, left = find_smooth_crop(pairs, size, scale)
+    _, lr, hr = next(p for p in pairs if p[0] == name)
+    window = (slice(None), slice(top, top + size), slice(left, left + size))
+    images = [("HR", hr), ("bicubic", quantize_8bit(imresize(lr, scale)))]
+    images += [(f"{arm} (seed {seed})", upscale(model, lr)) for arm, model in zip(arms, models)]
+    crops = [(label, image[window]) for label, image in images]
+    hr_y = rgb_to_y(crops[0][1])
+
+    fig = Figure(figsize=(3.0 * (len(crops) + 1), 9.2), layout="constrained")
+    grid = fig.subplots(3, len(crops) + 1)
+    for ax in grid.flat:
+        ax.set_axis_off()
+    context = grid[0, 0]
+    context.imshow(hr.permute(1, 2, 0).numpy())
+    context.add_patch(Rectangle((left, top), size, size, fill=False, edgecolor="red", linewidth=1.5))
+    context.set_title(f"{name}: crop x {left}, y {top}", fontsize="small")
+    rgb_crops = [c.clamp(0, 1).permute(1, 2, 0).numpy() for _, c in crops]
+    low, high = np.percentile(rgb_crops[0], 1), np.percentile(rgb_crops[0], 99)
+    spread = max(high - low, 8 / 255)
+    low, high = low - 0.5 * spread, high + 0.5 * spread  # room for what the models add
+    errors = [np.abs(rgb_to_y(c) - hr_y) for _, c in crops]
+    vmax = max(float(np.percentile(np.concatenate([e.ravel() for e in errors[1:]]), 99.5)), 1.0)
+    for k, ((label, crop), rgb, error) in enumerate(zip(crops, rgb_crops, errors), start=1):
+        psnr = "" if k == 1 else f"\nPSNR {psnr_ssim_y(crop, crops[0][1])[0]:.2f} dB (crop)"
+        grid[0, k].imshow(rgb, interpolation="nearest")
+        grid[0, k].set_title(label + psnr, fontsize="small")
+        grid[1, k].imshow(np.clip((rgb - low) / (high - low), 0, 1), interpolation="nearest")
+        grid[1, k].set_title("contrast stretched", fontsize="small")
+        if k > 1:
+            im = grid[2, k].imshow(error, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
+            grid[2, k].set_title(f"|Y error| (0 to {vmax:.1f} of 255)", fontsize="small")
+    fig.colorbar(im, ax=grid[2, 1:].tolist(), shrink=0.8)
+    grid[2, 0].text(0, 0.5, f"smoothest {size}x{size} window\nof the held-out images\n(lowest variance of Y\n"
+                    "among mid-tone windows\nwithout clipped pixels)", fontsize="small", va="center")
+    fig.suptitle(f"Smooth region, x{scale}: {arms[0]} vs {arms[1]}, deployed networks, seed {seed}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    return path
+
+
+# --- RESULTS.md ------------------------------------------------------------------------------------
+
+_PLACEHOLDER = """## Reading
+
+<!-- Written by a person once the grid is complete; `repsr experiment summarize` never changes
+anything outside the generated section above. -->
+
+**TO BE WRITTEN** (by a human, from the tables and figures above, once every arm has all its seeds):
+which claims hold at this scale, by how much compared with the spread over seeds, and what
+this small setup cannot tell.
+"""
+
+
+def render_results(out_dir=DEFAULT_OUT, results_md=DEFAULT_RESULTS, figures_dir=DEFAULT_FIGURES,
+                   log: Callable[[str], None] = print) -> dict:
+    """Writes the tables (and, with matplotlib, ``ranking.png`` and ``smooth_region.png`` in
+    ``figures_dir``) into the generated section of ``results_md``, creating the file with a
+    placeholder for the hand-written reading if it does not exist; text outside the markers is
+    kept as it is. Returns {"table", "markdown", "figures"}."""
+    out_dir, results_md, figures_dir = Path(out_dir), Path(results_md), Path(figures_dir)
+    results = load_results(out_dir)
+    table = summarize(out_dir, results)
+    figures: dict[str, Path] = {}
+    notes = []
+    if not table:
+        notes.append("No finished runs yet: no figures.")
+    elif not has_matplotlib():
+        notes.append("Figures not drawn: matplotlib is not installed (`pip install -e \".[experiment]\"`).")
+    else:
+        figures["ranking"] = ranking_plot(table, figures_dir / "ranking.png")
+        try:
+            figures["smooth"] = smooth_crop_figure(out_dir, figures_dir / "smooth_region.png")
+        except ValueError as e:
+            notes.append(f"Smooth-region figure not drawn: {e}.")
+    for kind, figure in figures.items():
+        log(f"wrote {figure}")
+
+    def link(p: Path) -> str:
+        return Path(os.path.relpath(p.resolve(), results_md.resolve().parent)).as_posix()
+
+    runs = len(results)
+    expected = len(ARMS) * DEFAULT_SEEDS
+    generated = [
+        BEGIN_MARK,
+        "",
+        f"Generated from {runs} result file{'s' if runs != 1 else ''} in `{out_dir.as_posix()}` "
+        f"(the full grid has {expected}: {len(ARMS)} arms x {DEFAULT_SEEDS} seeds).",
+        "",
+        format_tables(table),
+    ]
+    if "ranking" in figures:
+        generated += [f"![Arms ranked by PSNR and SSIM]({link(figures['ranking'])})", ""]
+    if "smooth" in figures:
+        generated += [f"![Smooth region: plain BN vs switched BN]({link(figures['smooth'])})", ""]
+    generated += [*(f"_{n}_\n" for n in notes), END_MARK]
+    section = "\n".join(generated)
+    if results_md.is_file():
+        text = results_md.read_text(encoding="utf-8")
+        start, end = text.find(BEGIN_MARK), text.find(END_MARK)
+        if start >= 0 and end > start:
+            text = text[:start] + section + text[end + len(END_MARK):]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+    else:
+        text = ("# RepSR's claims at a small scale: results\n\n"
+                "What the grid is and how it was sized: [README.md](README.md).\n\n"
+                f"{section}\n\n{_PLACEHOLDER}")
+    results_md.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(results_md, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    log(f"wrote {results_md}")
+    return {"table": table, "markdown": text, "figures": figures}
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def cmd_run(args) -> int:
+    if args.dry_run:
+        runs = plan(args.out, args.seeds, args.iterations, args.only)
+        for arm, seed, config, status in runs:
+            print(f"{status:8s} {arm:16s} seed {seed}  {config.output}")
+        left = estimate_seconds(runs)
+        print(f"{sum(s == 'done' for *_, s in runs)} of {len(runs)} runs done; about {left / 3600:.1f} h of "
+              f"training left at the measured speeds (resumed runs counted whole)")
+        return 0
+    run_grid(args.out, args.seeds, args.iterations, args.only, threads=args.threads,
+             keep_checkpoints=args.keep_checkpoints, max_minutes=args.max_minutes,
+             progress=args.progress, log=_say)
+    return 0
+
+
+def cmd_summarize(args) -> int:
+    rendered = render_results(args.out, args.results, args.figures, log=_say)
+    if not rendered["table"]:
+        print(f"no finished runs in {args.out}")
+    return 0
+
+
+def cmd_measure(args) -> int:
+    measure_speed(args.only, args.iterations, args.warmup, threads=args.threads, log=_say)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``run``, ``summarize`` and ``measure`` actions, each setting ``run`` to its function."""
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    def action(name: str, summary: str) -> argparse.ArgumentParser:
+        return actions.add_parser(name, help=summary, description=summary)
+
+    arm_help = f"only these arms (default: all: {', '.join(ARMS)})"
+    p = action("run", "Run the grid of arms x seeds: finished runs are skipped, interrupted ones resumed from "
+                      "their checkpoint, so the same command continues the grid.")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs (default: {DEFAULT_OUT})")
+    p.add_argument("--seeds", type=_positive_int, default=DEFAULT_SEEDS,
+                   help=f"seeds 0 .. N-1 of every arm (default: {DEFAULT_SEEDS})")
+    p.add_argument("--iterations", type=_positive_int, default=DEFAULT_ITERATIONS,
+                   help=f"training steps per run (default: {DEFAULT_ITERATIONS}; every run of one --out must agree)")
+    p.add_argument("--only", nargs="+", metavar="ARM", choices=list(ARMS), help=arm_help)
+    p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--max-minutes", type=float, metavar="M",
+                   help="start no new run after M minutes (the run in progress finishes)")
+    p.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep checkpoints/last.pt of finished runs (default: removed once result.json is written)")
+    p.add_argument("--progress", action="store_true", help="a progress bar per run")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and their status, train nothing")
+    p.set_defaults(run=cmd_run)
+
+    p = action("summarize", "Tables of the finished runs into the generated section of RESULTS.md, and the "
+                            "ranking and smooth-region figures (matplotlib).")
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs (default: {DEFAULT_OUT})")
+    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"markdown file (default: {DEFAULT_RESULTS})")
+    p.add_argument("--figures", default=DEFAULT_FIGURES, help=f"folder of the PNG figures (default: {DEFAULT_FIGURES})")
+    p.set_defaults(run=cmd_summarize)
+
+    p = action("measure", "Training speed (it/s) of each arm with the grid's setup, to size the grid.")
+    p.add_argument("--only", nargs="+", metavar="ARM", choices=list(ARMS), help=arm_help)
+    p.add_argument("--iterations", type=_positive_int, default=30, help="timed steps per arm (default: 30)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default: 10)")
+    p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's, one per core)")
+    p.set_defaults(run=cmd_measure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m repsr_ext.experiment ACTION ...`` (the same as ``repsr experiment ACTION ...``)."""
+    parser = argparse.ArgumentParser(prog="python -m repsr_ext.experiment", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
