@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from repsr_ext import cli, experiment
 from repsr_ext.experiment import ARMS, BASE
+from repsr_ext.data import validation_pairs
 from repsr_ext.metrics import rgb_to_y
 from repsr_ext.nets import RepSRNet
 from repsr_ext.train import Trainer, load_checkpoint
@@ -183,7 +184,7 @@ def test_figures(grid, tmp_path):
 
 
 def test_smooth_crop_is_flat():
-    pairs = experiment.heldout_pairs(4)
+    pairs = validation_pairs("embedded", 4)
     name, top, left = experiment.find_smooth_crop(pairs, 64, 4)
     hr = next(h for n, _, h in pairs if n == name)
     crop = hr[:, top:top + 64, left:left + 64]

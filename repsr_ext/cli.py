@@ -28,18 +28,16 @@ import torch
 from . import __version__, experiment, ops, train
 from .data import (
     IMAGE_EXTENSIONS,
-    bicubic_degrade,
+    bicubic_upscale,
     embedded_images,
-    image_to_tensor,
-    imresize,
+    evaluation_pair,
+    large_enough_for_ssim,
     list_images,
-    mod_crop,
-    quantize_8bit,
     validation_images,
 )
 from .formats import DeployedFileError, export_onnx
 from .fused import FusedSR
-from .metrics import SSIM_WINDOW, psnr_ssim_y
+from .metrics import psnr_ssim_y
 from .nets import PlainSR, RepSRNet, parse_preset
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -337,12 +335,11 @@ def evaluate(fused: FusedSR, hr_image) -> Scores:
     """PSNR/SSIM (Y, border = scale) of the model and of bicubic upscaling, against ``hr_image``
     (H x W x 3 uint8), from its bicubic LR rounded to 8 bit."""
     scale = fused.scale
-    hr = image_to_tensor(mod_crop(hr_image, scale))
-    lr = bicubic_degrade(hr, scale)
+    lr, hr = evaluation_pair(hr_image, scale)
     lr_uint8 = lr.mul(255).round().to(torch.uint8).permute(1, 2, 0).numpy()
     upscaled = fused.upscale(lr_uint8)
-    bicubic = quantize_8bit(imresize(lr, scale))
-    return Scores(*psnr_ssim_y(bicubic, hr, crop_border=scale), *psnr_ssim_y(upscaled, hr, crop_border=scale))
+    return Scores(*psnr_ssim_y(bicubic_upscale(lr, scale), hr, crop_border=scale),
+                  *psnr_ssim_y(upscaled, hr, crop_border=scale))
 
 
 def run_eval(args) -> int:
@@ -352,7 +349,7 @@ def run_eval(args) -> int:
     header = ["image", "size", "bicubic PSNR", "bicubic SSIM", "RepSR PSNR", "RepSR SSIM", "gain dB"]
     rows, results = [], []
     for name, image in validation_images(args.hr_folder or "embedded"):
-        if min(image.shape[:2]) // scale * scale < 2 * scale + SSIM_WINDOW:  # too small for SSIM after the crop
+        if not large_enough_for_ssim(image, scale):
             print(f"repsr: leaving out {name}: {image.shape[1]}x{image.shape[0]} is too small", file=sys.stderr)
             continue
         scores = evaluate(fused, image)

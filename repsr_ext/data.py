@@ -293,6 +293,42 @@ def validation_images(source: str) -> list[tuple[str, np.ndarray]]:
     return embedded_images("val") if source == "embedded" else load_image_folder(source)
 
 
+# --- evaluation pairs (one definition for the trainer, `repsr eval` and the experiment) ----------
+
+
+def bicubic_upscale(lr, scale: int):
+    """The SR literature's bicubic baseline: MATLAB ``imresize`` up by ``scale``, rounded to 8 bit."""
+    return quantize_8bit(imresize(lr, scale))
+
+
+def large_enough_for_ssim(image: np.ndarray, scale: int) -> bool:
+    """SSIM needs an 11 x 11 window left after mod-crop and the border crop of ``scale`` pixels."""
+    from .metrics import SSIM_WINDOW
+
+    return min(image.shape[:2]) // scale * scale >= 2 * scale + SSIM_WINDOW
+
+
+def evaluation_pair(image: np.ndarray, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(LR, HR)`` float ``3 x H x W`` tensors to score an upscaler on an ``H x W x 3`` uint8 image:
+    HR mod-cropped to a multiple of ``scale``, LR its bicubic degradation rounded to 8 bit."""
+    hr = image_to_tensor(mod_crop(image, scale))
+    return bicubic_degrade(hr, scale), hr
+
+
+def validation_pairs(source: str, scale: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """``(name, LR, HR)`` for the validation images of ``source``; images too small for SSIM are
+    left out with a warning naming them."""
+    pairs = []
+    for name, image in validation_images(source):
+        if not large_enough_for_ssim(image, scale):
+            warnings.warn(f"validation image {name!r} is too small for x{scale} SSIM, leaving it out", stacklevel=2)
+            continue
+        pairs.append((name, *evaluation_pair(image, scale)))
+    if not pairs:
+        raise ValueError(f"no usable validation images in {source!r}")
+    return pairs
+
+
 # --- patch datasets -------------------------------------------------------------------------------
 
 # The antialiased x s bicubic kernel spans 4 s HR pixels, i.e. it reaches 2 LR pixels to either

@@ -49,9 +49,9 @@ import numpy as np
 import torch
 
 from . import __version__
-from .data import bicubic_degrade, image_to_tensor, imresize, mod_crop, quantize_8bit, validation_images
+from .data import bicubic_upscale, quantize_8bit, validation_pairs
 from .formats import _atomic_write
-from .metrics import SSIM_WINDOW, psnr_ssim_y, rgb_to_y
+from .metrics import psnr_ssim_y, rgb_to_y
 from .nets import PlainSR
 from .train import _RESUME_MAY_CHANGE, Trainer, TrainConfig, build_network, load_checkpoint
 
@@ -225,20 +225,6 @@ def run_status(config: TrainConfig) -> str:
 # --- evaluation ----------------------------------------------------------------------------------
 
 
-def heldout_pairs(scale: int, source: str = "embedded") -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, LR, HR) float tensors of the held-out images, LR by bicubic degradation rounded to 8
-    bit, images too small for SSIM after the border crop left out (as the trainer does)."""
-    pairs = []
-    for name, image in validation_images(source):
-        if min(image.shape[:2]) // scale * scale < 2 * scale + SSIM_WINDOW:
-            continue
-        hr = image_to_tensor(mod_crop(image, scale))
-        pairs.append((name, bicubic_degrade(hr, scale), hr))
-    if not pairs:
-        raise ValueError(f"no usable held-out images in {source!r}")
-    return pairs
-
-
 @torch.inference_mode()
 def upscale(plain: PlainSR, lr: torch.Tensor) -> torch.Tensor:
     """The deployed network on one LR image, rounded to 8 bit as a saved PNG would be."""
@@ -249,9 +235,9 @@ def evaluate_deployed(plain: PlainSR, source: str = "embedded") -> list[dict]:
     """Per held-out image: PSNR/SSIM (Y, border = scale) of ``plain`` and of bicubic upscaling."""
     scale = plain.scale
     rows = []
-    for name, lr, hr in heldout_pairs(scale, source):
+    for name, lr, hr in validation_pairs(source, scale):
         psnr, ssim = psnr_ssim_y(upscale(plain, lr), hr, crop_border=scale)
-        bicubic_psnr, bicubic_ssim = psnr_ssim_y(quantize_8bit(imresize(lr, scale)), hr, crop_border=scale)
+        bicubic_psnr, bicubic_ssim = psnr_ssim_y(bicubic_upscale(lr, scale), hr, crop_border=scale)
         rows.append(dict(image=name, psnr=psnr, ssim=ssim, bicubic_psnr=bicubic_psnr, bicubic_ssim=bicubic_ssim))
     return rows
 
@@ -655,12 +641,12 @@ def smooth_crop_figure(out_dir, path, arms: tuple[str, str] = ("repsr_batch_bn",
     models = [PlainSR.load(run_dir(out_dir, arm, seed) / "model.safetensors") for arm in arms]
     scale = models[0].scale
     source = read_result(run_dir(out_dir, arms[0], seed) / RESULT_FILE)["config"].get("val_data", "embedded")
-    pairs = heldout_pairs(scale, source)
+    pairs = validation_pairs(source, scale)
     size = size - size % scale
     name, top, left = find_smooth_crop(pairs, size, scale)
     _, lr, hr = next(p for p in pairs if p[0] == name)
     window = (slice(None), slice(top, top + size), slice(left, left + size))
-    images = [("HR", hr), ("bicubic", quantize_8bit(imresize(lr, scale)))]
+    images = [("HR", hr), ("bicubic", bicubic_upscale(lr, scale))]
     images += [(f"{arm} (seed {seed})", upscale(model, lr)) for arm, model in zip(arms, models)]
     crops = [(label, image[window]) for label, image in images]
     hr_y = rgb_to_y(crops[0][1])

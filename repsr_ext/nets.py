@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import BLOCKS, ModifiedBatchNorm2d, make_block
+from .blocks import ModifiedBatchNorm2d, make_block
 
 ACTIVATIONS = ("prelu", "relu", "lrelu", "identity")
 RESIDUAL_MODES = ("nearest", "none")

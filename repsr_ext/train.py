@@ -54,16 +54,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .data import (
-    InfiniteSampler,
-    bicubic_degrade,
-    image_to_tensor,
-    imresize,
-    make_train_dataset,
-    mod_crop,
-    quantize_8bit,
-    validation_images,
-)
+from .data import InfiniteSampler, bicubic_upscale, make_train_dataset, quantize_8bit, validation_pairs
 from .formats import _atomic_write
 from .metrics import psnr_ssim_y
 from .nets import RepSRNet, parse_preset
@@ -530,17 +521,8 @@ class Trainer:
     def _prepare_validation(self) -> None:
         """LR inputs and the bicubic baseline, computed once."""
         scale = self.config.scale
-        baseline = []
-        for name, image in validation_images(self.config.val_data):
-            hr = image_to_tensor(mod_crop(image, scale))
-            if min(hr.shape[-2:]) <= 2 * scale + 11:  # SSIM needs an 11 x 11 window after the border crop
-                warnings.warn(f"validation image {name!r} is too small, leaving it out", stacklevel=2)
-                continue
-            lr = bicubic_degrade(hr, scale)
-            self.val_set.append((name, lr, hr))
-            baseline.append(psnr_ssim_y(quantize_8bit(imresize(lr, scale)), hr, crop_border=scale))
-        if not self.val_set:
-            raise ValueError(f"no usable validation images in {self.config.val_data!r}")
+        self.val_set = validation_pairs(self.config.val_data, scale)
+        baseline = [psnr_ssim_y(bicubic_upscale(lr, scale), hr, crop_border=scale) for _, lr, hr in self.val_set]
         self.metrics["bicubic_psnr"] = float(np.mean([p for p, _ in baseline]))
         self.metrics["bicubic_ssim"] = float(np.mean([s for _, s in baseline]))
 
