@@ -760,16 +760,6 @@ def render_results(out_dir=DEFAULT_OUT, results_md=DEFAULT_RESULTS, figures_dir=
 # --- command line ------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def _say(message: str) -> None:
     print(message, flush=True)
 
@@ -803,6 +793,8 @@ def cmd_measure(args) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``run``, ``summarize`` and ``measure`` actions, each setting ``run`` to its function."""
+    from .cli import positive_int  # here, not at the top: cli imports this module
+
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def action(name: str, summary: str) -> argparse.ArgumentParser:
@@ -812,12 +804,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = action("run", "Run the grid of arms x seeds: finished runs are skipped, interrupted ones resumed from "
                       "their checkpoint, so the same command continues the grid.")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs (default: {DEFAULT_OUT})")
-    p.add_argument("--seeds", type=_positive_int, default=DEFAULT_SEEDS,
+    p.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS,
                    help=f"seeds 0 .. N-1 of every arm (default: {DEFAULT_SEEDS})")
-    p.add_argument("--iterations", type=_positive_int, default=DEFAULT_ITERATIONS,
+    p.add_argument("--iterations", type=positive_int, default=DEFAULT_ITERATIONS,
                    help=f"training steps per run (default: {DEFAULT_ITERATIONS}; every run of one --out must agree)")
     p.add_argument("--only", nargs="+", metavar="ARM", choices=list(ARMS), help=arm_help)
-    p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, one per core)")
     p.add_argument("--max-minutes", type=float, metavar="M",
                    help="start no new run after M minutes (the run in progress finishes)")
     p.add_argument("--keep-checkpoints", action="store_true",
@@ -835,9 +827,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     p = action("measure", "Training speed (it/s) of each arm with the grid's setup, to size the grid.")
     p.add_argument("--only", nargs="+", metavar="ARM", choices=list(ARMS), help=arm_help)
-    p.add_argument("--iterations", type=_positive_int, default=30, help="timed steps per arm (default: 30)")
+    p.add_argument("--iterations", type=positive_int, default=30, help="timed steps per arm (default: 30)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default: 10)")
-    p.add_argument("--threads", type=_positive_int, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, one per core)")
     p.set_defaults(run=cmd_measure)
 
 
