@@ -144,7 +144,7 @@ def test_bench(capsys):
 
 
 @pytest.mark.parametrize("case", ["missing input", "missing model", "garbage model", "unknown preset",
-                                  "output is input", "bad size"])
+                                  "output is input", "bad size", "train: unknown preset", "train: nothing to resume"])
 def test_errors_are_one_line(capsys, tiny_model, images, tmp_path, case):
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(bytes(range(256)) * 4)
@@ -155,8 +155,11 @@ def test_errors_are_one_line(capsys, tiny_model, images, tmp_path, case):
         "unknown preset": ["bench", "--preset", "M4Q16"],
         "output is input": ["upscale", images / "a.png", "-o", images / "a.png", "--model", tiny_model],
         "bad size": ["bench", "--size", "big"],
+        "train: unknown preset": ["train", "--preset", "M4Q16", "--output", tmp_path / "run"],
+        "train: nothing to resume": ["train", "--output", tmp_path / "run", "--resume"],
     }[case]
     code, _, err = run(capsys, *argv)
     assert code != 0
     assert "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("repsr: error: ")
+    prefix = "repsr train: error: " if case.startswith("train") else "repsr: error: "
+    assert len(err.strip().splitlines()) == 1 and err.startswith(prefix), err

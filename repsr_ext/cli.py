@@ -559,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             # Global options are flags, so the first "train" is the command and the rest is train's.
-            return train.main(argv[argv.index("train") + 1:])
+            return train.main(argv[argv.index("train") + 1:], prog="repsr train")
         return args.run(args)
     except KeyboardInterrupt:
         print("repsr: interrupted", file=sys.stderr)

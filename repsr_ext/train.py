@@ -720,10 +720,10 @@ def _mapping(text: str) -> dict:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m repsr_ext.train") -> argparse.ArgumentParser:
     """``--config FILE`` plus one flag per TrainConfig field (``--patch-size`` or ``--patch_size``)."""
     parser = argparse.ArgumentParser(
-        prog="python -m repsr_ext.train",
+        prog=prog,
         description="Train a RepSR super-resolution network and export the deployed model.",
     )
     parser.add_argument("--config", help="YAML (.yaml/.yml) or TOML (.toml) file of config keys; flags override it")
@@ -749,10 +749,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def config_from_args(argv: list[str] | None = None) -> TrainConfig:
+def config_from_args(argv: list[str] | None = None, prog: str = "python -m repsr_ext.train") -> TrainConfig:
     """Defaults, then the ``--config`` file, then flags. With ``--resume`` the checkpoint's own
     settings replace the defaults, so ``--output DIR --resume`` alone continues a run."""
-    args = vars(build_parser().parse_args(argv))
+    args = vars(build_parser(prog).parse_args(argv))
     config_file = args.pop("config", None)
     values = {**(read_config_file(config_file) if config_file else {}), **args}
     if values.get("resume"):
@@ -764,12 +764,13 @@ def config_from_args(argv: list[str] | None = None) -> TrainConfig:
     return TrainConfig.from_dict(values, source=config_file or "command line")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m repsr_ext.train") -> int:
+    """Command-line entry; ``prog`` names the command in usage and error lines (``repsr train``)."""
     try:
-        config = config_from_args(argv)
+        config = config_from_args(argv, prog)
         trainer = Trainer(config)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     try:
         result = trainer.run()
