@@ -231,3 +231,30 @@ def test_summary_without_matplotlib(grid, tmp_path, monkeypatch):
     empty = experiment.render_results(tmp_path / "none", tmp_path / "EMPTY.md", tmp_path / "figures",
                                       log=lambda _: None)
     assert empty["table"] == [] and "No finished runs yet" in (tmp_path / "EMPTY.md").read_text()
+
+
+def test_deployed_network_is_shared_and_timed(grid, tmp_path):
+    """The summary's deployed-network line: parameters and multiply-adds read from the files (checked
+    against the tensors themselves), one architecture across runs, and a time for each engine."""
+    out, results = grid
+    facts = experiment.deployed_network(out, results, lr_size=(12, 20), repeats=1)
+    tensors = load_file(Path(out) / "repsr" / "seed_0" / "model.safetensors")
+    conv_weights = [t for t in tensors.values() if t.dim() == 4]
+    assert facts["files"] == len(results) and facts["params"] == results[0]["deployed_params"]
+    assert facts["macs_per_lr_pixel"] == sum(w.numel() for w in conv_weights)
+    assert facts["fused_seconds"] > 0 and facts["eager_seconds"] > 0
+    line = experiment.format_deployed(facts)
+    assert f"{facts['params']:,} parameters" in line and "12x20 -> 48x80" in line
+    assert "ms" not in experiment.format_deployed(experiment.deployed_network(out, results, lr_size=None))
+
+    # A run whose deployed network has another shape makes the grid not like-for-like: said loudly.
+    odd = tmp_path / "odd"
+    for r in results:
+        folder = experiment.run_dir(odd, r["arm"], r["seed"])
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(
+            (experiment.run_dir(out, r["arm"], r["seed"]) / "model.safetensors").read_bytes())
+    other = RepSRNet.preset("M1C8", 4).eval().reparameterize()
+    other.save(experiment.run_dir(odd, "repsr", 0) / "model.safetensors")
+    with pytest.raises(ValueError, match="differ between runs"):
+        experiment.deployed_network(odd, results, lr_size=None)

@@ -423,7 +423,7 @@ def _arm_order(arms: Iterable[str]) -> list[str]:
 def summarize(out_dir=DEFAULT_OUT, results: list[dict] | None = None) -> list[dict]:
     """One row per arm with results, in ``ARMS`` order: arm, description, runs, seeds, iterations, scale,
     mean and sample std over seeds of PSNR / SSIM / PSNR gain over bicubic, bicubic PSNR/SSIM,
-    seconds per iteration (mean), deployed and training parameters, and per image the mean PSNR."""
+    seconds per iteration (median), deployed and training parameters, and per image the mean PSNR."""
     results = load_results(out_dir) if results is None else results
     by_arm: dict[str, list[dict]] = {}
     for result in results:
@@ -439,7 +439,8 @@ def summarize(out_dir=DEFAULT_OUT, results: list[dict] | None = None) -> list[di
         row["gain_mean"], row["gain_std"] = _mean_std([r["psnr"] - r["bicubic_psnr"] for r in runs])
         row["bicubic_psnr"] = float(np.mean([r["bicubic_psnr"] for r in runs]))
         row["bicubic_ssim"] = float(np.mean([r["bicubic_ssim"] for r in runs]))
-        row["seconds_per_iteration"] = float(np.mean([r["seconds_per_iteration"] for r in runs]))
+        # Median: one run slowed by something else on the machine should not move the arm's speed.
+        row["seconds_per_iteration"] = float(np.median([r["seconds_per_iteration"] for r in runs]))
         row["deployed_params"] = sorted({r["deployed_params"] for r in runs})
         row["training_params"] = sorted({r["training_params"] for r in runs})
         images: dict[str, list[float]] = {}
@@ -451,6 +452,78 @@ def summarize(out_dir=DEFAULT_OUT, results: list[dict] | None = None) -> list[di
         row["ssim_by_seed"] = {r["seed"]: r["ssim"] for r in runs}
         table.append(row)
     return table
+
+
+def architecture(plain: PlainSR) -> tuple:
+    """What fixes a deployed network's size and speed: channels per layer, activation, scale, residual."""
+    return tuple(plain.channels), plain.act_type, plain.scale, plain.residual
+
+
+def deployed_network(out_dir, results: list[dict], lr_size: tuple[int, int] | None = (180, 320),
+                     repeats: int = 5) -> dict | None:
+    """The deployed network shared by the finished runs: checks that every run's
+    ``model.safetensors`` has the same architecture (only the weights differ, so parameters and
+    speed are the same for every arm by construction) and returns its parameters, multiply-adds
+    per LR pixel and, unless ``lr_size`` is None, the median time of one ``lr_size`` frame with the
+    fused engine and with PyTorch eager on this machine (one run's weights; any would do)."""
+    from .cli import median_seconds  # here: cli imports this module
+    from .fused import FusedSR
+
+    paths = [run_dir(out_dir, r["arm"], r["seed"]) / "model.safetensors" for r in results]
+    paths = [p for p in paths if p.is_file()]
+    if not paths:
+        return None
+    models = {p: PlainSR.load(p) for p in paths}
+    kinds = {architecture(m) for m in models.values()}
+    if len(kinds) != 1:
+        raise ValueError(f"the deployed networks differ between runs ({len(kinds)} architectures): "
+                         "not a like-for-like grid")
+    plain = next(iter(models.values())).eval()
+    channels = plain.channels
+    facts = dict(files=len(paths), params=count_parameters(plain), channels=channels, act=plain.act_type,
+                 scale=plain.scale, macs_per_lr_pixel=sum(9 * a * b for a, b in zip(channels, channels[1:])))
+    if lr_size is not None:
+        x = torch.rand(1, plain.in_channels, *lr_size)
+        fused = FusedSR(plain)
+        eager_model = plain.to(memory_format=torch.channels_last)
+        x_channels_last = x.contiguous(memory_format=torch.channels_last)
+
+        def eager():
+            with torch.inference_mode():
+                return eager_model(x_channels_last)
+
+        facts.update(lr_size=tuple(lr_size), threads=torch.get_num_threads(), repeats=repeats,
+                     fused_seconds=median_seconds(lambda: fused(x), repeats),
+                     eager_seconds=median_seconds(eager, repeats))
+    return facts
+
+
+def format_deployed(facts: dict | None) -> str:
+    if facts is None:
+        return ""
+    text = (f"Deployed network, the same in every arm by construction (checked: the {facts['files']} "
+            f"`model.safetensors` files have the same layers, channels {facts['channels']}, "
+            f"{facts['act']}, x{facts['scale']}; only the weights differ): {facts['params']:,} parameters, "
+            f"{facts['macs_per_lr_pixel']:,} multiply-adds per LR pixel.")
+    if "fused_seconds" in facts:
+        h, w = facts["lr_size"]
+        gmacs = facts["macs_per_lr_pixel"] * h * w / 1e9
+        text += (f" One {h}x{w} -> {h * facts['scale']}x{w * facts['scale']} frame ({gmacs:.2f} G multiply-adds), "
+                 f"median of {facts['repeats']}, when the summary was written, {facts['threads']} threads "
+                 f"({_machine()}): fused CPU engine {facts['fused_seconds'] * 1e3:.1f} ms, "
+                 f"PyTorch eager (channels_last) {facts['eager_seconds'] * 1e3:.1f} ms.")
+    return text + "\n"
+
+
+def _machine() -> str:
+    """CPU model and core count, for the speed line."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()}, {os.cpu_count()} cores"
+    except OSError:
+        pass
+    return f"{platform.machine()}, {os.cpu_count()} cores"
 
 
 def compare(table: list[dict]) -> list[dict]:
@@ -502,7 +575,7 @@ def format_tables(table: list[dict]) -> str:
            else f"DIFFER between arms ({', '.join(f'{p:,}' for p in deployed)}) -- not a like-for-like grid!"),
         "",
         _markdown_table(
-            ["rank", "arm", "what", "seeds", "PSNR", "SSIM", "gain over bicubic", "ms / iteration",
+            ["rank", "arm", "what", "seeds", "PSNR", "SSIM", "gain over bicubic", "ms / iteration (median)",
              "training params"],
             [[str(i + 1), f"`{r['arm']}`", r["description"], str(r["runs"]), _pm(r["psnr_mean"], r["psnr_std"], 3),
               _pm(r["ssim_mean"], r["ssim_std"], 4), _signed_pm(r["gain_mean"], r["gain_std"], 3),
@@ -698,14 +771,17 @@ this small setup cannot tell.
 
 
 def render_results(out_dir=DEFAULT_OUT, results_md=DEFAULT_RESULTS, figures_dir=DEFAULT_FIGURES,
+                   speed_size: tuple[int, int] | None = (180, 320),
                    log: Callable[[str], None] = print) -> dict:
-    """Writes the tables (and, with matplotlib, ``ranking.png`` and ``smooth_region.png`` in
+    """Writes the tables, the deployed network's size and speed (timed on one ``speed_size`` LR
+    frame unless None) and, with matplotlib, ``ranking.png`` and ``smooth_region.png`` in
     ``figures_dir``) into the generated section of ``results_md``, creating the file with a
     placeholder for the hand-written reading if it does not exist; text outside the markers is
-    kept as it is. Returns {"table", "markdown", "figures"}."""
+    kept as it is. Returns {"table", "deployed", "markdown", "figures"}."""
     out_dir, results_md, figures_dir = Path(out_dir), Path(results_md), Path(figures_dir)
     results = load_results(out_dir)
     table = summarize(out_dir, results)
+    deployed = deployed_network(out_dir, results, speed_size)
     figures: dict[str, Path] = {}
     notes = []
     if not table:
@@ -734,6 +810,8 @@ def render_results(out_dir=DEFAULT_OUT, results_md=DEFAULT_RESULTS, figures_dir=
         "",
         format_tables(table),
     ]
+    if deployed is not None:
+        generated += [format_deployed(deployed)]
     if "ranking" in figures:
         generated += [f"![Arms ranked by PSNR and SSIM]({link(figures['ranking'])})", ""]
     if "smooth" in figures:
@@ -754,7 +832,7 @@ def render_results(out_dir=DEFAULT_OUT, results_md=DEFAULT_RESULTS, figures_dir=
     results_md.parent.mkdir(parents=True, exist_ok=True)
     _atomic_write(results_md, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     log(f"wrote {results_md}")
-    return {"table": table, "markdown": text, "figures": figures}
+    return {"table": table, "deployed": deployed, "markdown": text, "figures": figures}
 
 
 # --- command line ------------------------------------------------------------------------------------
@@ -780,7 +858,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_summarize(args) -> int:
-    rendered = render_results(args.out, args.results, args.figures, log=_say)
+    rendered = render_results(args.out, args.results, args.figures, speed_size=args.speed_size, log=_say)
     if not rendered["table"]:
         print(f"no finished runs in {args.out}")
     return 0
@@ -793,7 +871,7 @@ def cmd_measure(args) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``run``, ``summarize`` and ``measure`` actions, each setting ``run`` to its function."""
-    from .cli import positive_int  # here, not at the top: cli imports this module
+    from .cli import image_size, positive_int  # here, not at the top: cli imports this module
 
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
@@ -823,6 +901,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs (default: {DEFAULT_OUT})")
     p.add_argument("--results", default=DEFAULT_RESULTS, help=f"markdown file (default: {DEFAULT_RESULTS})")
     p.add_argument("--figures", default=DEFAULT_FIGURES, help=f"folder of the PNG figures (default: {DEFAULT_FIGURES})")
+    p.add_argument("--speed-size", type=image_size, default=(180, 320), metavar="HxW",
+                   help="LR frame to time the deployed network on (default: 180x320, a 720p x4 output)")
+    p.add_argument("--no-speed", dest="speed_size", action="store_const", const=None,
+                   help="do not time the deployed network")
     p.set_defaults(run=cmd_summarize)
 
     p = action("measure", "Training speed (it/s) of each arm with the grid's setup, to size the grid.")
