@@ -24,20 +24,11 @@
 #include <vector>
 
 #include "fused_sr.h"
+#include "tests/check.h"
 
 namespace {
 
-int g_passed = 0, g_failed = 0;
-
-void check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAIL: %s\n", what.c_str());
-    std::fflush(stdout);  // keep the message if a later case crashes
-  }
-}
+using repsr_test::check;
 
 // ---- Random networks ----------------------------------------------------------------------------
 
@@ -649,6 +640,5 @@ int main() {
 
   unsetenv("REPSR_CPU_WINOGRAD");
   std::printf("worst float32 relative L2 error: %.3g\n", g_worst_rel);
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return repsr_test::report();
 }

@@ -17,23 +17,14 @@
 #include <vector>
 
 #include "cuda/tiling.cuh"
+#include "tests/check.h"
 
 namespace {
 
 using namespace repsr::cuda;
 using repsr::ImageRef;
 
-int g_passed = 0, g_failed = 0;
-
-void check(bool ok, const std::string& what) {
-  if (ok) {
-    ++g_passed;
-  } else {
-    ++g_failed;
-    std::printf("FAIL: %s\n", what.c_str());
-    std::fflush(stdout);
-  }
-}
+using repsr_test::check;
 
 std::string dims(int64_t a, int64_t b) { return std::to_string(a) + "x" + std::to_string(b); }
 
@@ -826,6 +817,5 @@ int main() {
   test_smem_layout();
   test_planner();
   test_workspace();
-  std::printf("%d passed, %d failed\n", g_passed, g_failed);
-  return g_failed == 0 ? 0 : 1;
+  return repsr_test::report();
 }
