@@ -387,17 +387,11 @@ def median_seconds(fn, repeats: int = 7) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def run_bench(args) -> int:
-    if args.model:
-        plain = load_model(args.model)[0]
-        name = Path(args.model).name
-    else:
-        plain = RepSRNet.preset(args.preset, args.scale).eval().reparameterize()
-        name = f"{args.preset} (untrained)"
-    device = resolve_device(args.device)
+def time_fused_vs_eager(plain: PlainSR, x: torch.Tensor, repeats: int) -> tuple[float, float, float]:
+    """Median seconds of PyTorch eager (channels_last, inference mode) and of the fused engine on
+    ``x``, on its device with the threads torch has now, and the fused output's relative error."""
+    device = x.device
     fused = FusedSR(plain, device=device)
-    height, width = args.size
-    x = torch.rand(args.batch, plain.in_channels, height, width, device=device)
     eager_model = plain.to(device, memory_format=torch.channels_last)
     x_channels_last = x.contiguous(memory_format=torch.channels_last)
 
@@ -415,12 +409,25 @@ def run_bench(args) -> int:
 
         return run
 
+    eager_seconds = median_seconds(synchronized(eager), repeats)
+    fused_seconds = median_seconds(synchronized(lambda: fused(x)), repeats)
+    return eager_seconds, fused_seconds, relative_error(fused(x), eager())
+
+
+def run_bench(args) -> int:
+    if args.model:
+        plain = load_model(args.model)[0]
+        name = Path(args.model).name
+    else:
+        plain = RepSRNet.preset(args.preset, args.scale).eval().reparameterize()
+        name = f"{args.preset} (untrained)"
+    device = resolve_device(args.device)
+    height, width = args.size
+    x = torch.rand(args.batch, plain.in_channels, height, width, device=device)
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count())  # PyTorch at its best: all cores
     try:
-        eager_seconds = median_seconds(synchronized(eager), args.repeats)
-        fused_seconds = median_seconds(synchronized(lambda: fused(x)), args.repeats)
-        error = relative_error(fused(x), eager())
+        eager_seconds, fused_seconds, error = time_fused_vs_eager(plain, x, args.repeats)
         used_threads = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)

@@ -466,35 +466,25 @@ def deployed_network(out_dir, results: list[dict], lr_size: tuple[int, int] | No
     speed are the same for every arm by construction) and returns its parameters, multiply-adds
     per LR pixel and, unless ``lr_size`` is None, the median time of one ``lr_size`` frame with the
     fused engine and with PyTorch eager on this machine (one run's weights; any would do)."""
-    from .cli import median_seconds  # here: cli imports this module
-    from .fused import FusedSR
+    from .cli import time_fused_vs_eager  # here: cli imports this module
 
     paths = [run_dir(out_dir, r["arm"], r["seed"]) / "model.safetensors" for r in results]
-    paths = [p for p in paths if p.is_file()]
-    if not paths:
+    models = [PlainSR.load(p) for p in paths if p.is_file()]
+    if not models:
         return None
-    models = {p: PlainSR.load(p) for p in paths}
-    kinds = {architecture(m) for m in models.values()}
+    kinds = {architecture(m) for m in models}
     if len(kinds) != 1:
         raise ValueError(f"the deployed networks differ between runs ({len(kinds)} architectures): "
                          "not a like-for-like grid")
-    plain = next(iter(models.values())).eval()
+    plain = models[0].eval()
     channels = plain.channels
-    facts = dict(files=len(paths), params=count_parameters(plain), channels=channels, act=plain.act_type,
+    facts = dict(files=len(models), params=count_parameters(plain), channels=channels, act=plain.act_type,
                  scale=plain.scale, macs_per_lr_pixel=sum(9 * a * b for a, b in zip(channels, channels[1:])))
     if lr_size is not None:
         x = torch.rand(1, plain.in_channels, *lr_size)
-        fused = FusedSR(plain)
-        eager_model = plain.to(memory_format=torch.channels_last)
-        x_channels_last = x.contiguous(memory_format=torch.channels_last)
-
-        def eager():
-            with torch.inference_mode():
-                return eager_model(x_channels_last)
-
+        eager_seconds, fused_seconds, _ = time_fused_vs_eager(plain, x, repeats)
         facts.update(lr_size=tuple(lr_size), threads=torch.get_num_threads(), repeats=repeats,
-                     fused_seconds=median_seconds(lambda: fused(x), repeats),
-                     eager_seconds=median_seconds(eager, repeats))
+                     fused_seconds=fused_seconds, eager_seconds=eager_seconds)
     return facts
 
 

@@ -720,7 +720,10 @@ def _mapping(text: str) -> dict:
     return value
 
 
-def build_parser(prog: str = "python -m repsr_ext.train") -> argparse.ArgumentParser:
+PROG = "python -m repsr_ext.train"  # `repsr train` passes its own name
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     """``--config FILE`` plus one flag per TrainConfig field (``--patch-size`` or ``--patch_size``)."""
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -749,7 +752,7 @@ def build_parser(prog: str = "python -m repsr_ext.train") -> argparse.ArgumentPa
     return parser
 
 
-def config_from_args(argv: list[str] | None = None, prog: str = "python -m repsr_ext.train") -> TrainConfig:
+def config_from_args(argv: list[str] | None = None, prog: str = PROG) -> TrainConfig:
     """Defaults, then the ``--config`` file, then flags. With ``--resume`` the checkpoint's own
     settings replace the defaults, so ``--output DIR --resume`` alone continues a run."""
     args = vars(build_parser(prog).parse_args(argv))
@@ -764,7 +767,7 @@ def config_from_args(argv: list[str] | None = None, prog: str = "python -m repsr
     return TrainConfig.from_dict(values, source=config_file or "command line")
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m repsr_ext.train") -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """Command-line entry; ``prog`` names the command in usage and error lines (``repsr train``)."""
     try:
         config = config_from_args(argv, prog)
