@@ -401,9 +401,15 @@ struct ChainPlan {
   const char* error = nullptr;  // non-null: no plan (the message says why)
 };
 
+// How plan_chain splits: by the cost model (the default), into as few segments as fit (then by
+// cost), or one layer per segment. The last two exist to compare fusion strategies on a GPU and
+// to run every kernel shape in tests; the launcher reads REPSR_CUDA_PLAN = cost | fewest | layer.
+enum class PlanPolicy : int32_t { kCost = 0, kFewestSegments = 1, kOneLayer = 2 };
+
 // Splits the chain into consecutive segments minimizing the summed segment_cost (dynamic
 // programming over split points). At equal cost the plan with fewer segments wins.
-inline ChainPlan plan_chain(const DeviceModel& d, const ChainShape& s) {
+inline ChainPlan plan_chain(const DeviceModel& d, const ChainShape& s,
+                            PlanPolicy policy = PlanPolicy::kCost) {
   ChainPlan plan;
   const int L = s.num_layers();
   if (L < 1 || s.n <= 0 || s.h <= 0 || s.w <= 0) {
@@ -416,14 +422,20 @@ inline ChainPlan plan_chain(const DeviceModel& d, const ChainShape& s) {
   best[0] = 0;
   for (int last = 1; last <= L; ++last) {
     // Longest segment first; a segment that fits no tile only gets worse as it grows, so stop.
-    for (int first = last - 1; first >= 0 && last - first <= kMaxSegmentLayers; --first) {
+    const int longest = policy == PlanPolicy::kOneLayer ? 1 : kMaxSegmentLayers;
+    for (int first = last - 1; first >= 0 && last - first <= longest; --first) {
       const SegmentPlan seg = best_segment(d, s, first, last);
       if (seg.cost < 0) break;
       if (best[first] < 0) continue;
       const double total = best[first] + seg.cost;
       const int segs = count[first] + 1;
-      const bool better = best[last] < 0 || total < best[last] * (1 - 1e-9) ||
-                          (total <= best[last] * (1 + 1e-9) && segs < count[last]);
+      const bool cheaper = total < best[last] * (1 - 1e-9);
+      const bool as_cheap = total <= best[last] * (1 + 1e-9);
+      const bool better =
+          best[last] < 0 ||
+          (policy == PlanPolicy::kFewestSegments
+               ? segs < count[last] || (segs == count[last] && cheaper)
+               : cheaper || (as_cheap && segs < count[last]));
       if (better) {
         best[last] = total;
         count[last] = segs;

@@ -736,6 +736,25 @@ void test_planner() {
     const ChainPlan q = plan_chain(slow_mem, shape(Path::kTensorCore, body(3, 16, 8, 48), 1, 720, 1280, 4));
     check(q.segments.size() <= 2, "slow memory: deep narrow net fused:" + describe(q));
   }
+  // The other policies: as few segments as fit (a deep narrow net fused whole, where the cost
+  // model splits it), and one layer per segment; both valid plans, never cheaper than the cost's.
+  {
+    const ChainShape s = shape(Path::kTensorCore, body(3, 8, 16, 27), 1, 10, 9, 3);
+    const ChainPlan cost = plan_chain(h100, s);
+    const ChainPlan fewest = plan_chain(h100, s, PlanPolicy::kFewestSegments);
+    const ChainPlan layer = plan_chain(h100, s, PlanPolicy::kOneLayer);
+    std::string why;
+    check(plan_is_valid(h100, s, fewest, &why) && fewest.segments.size() == 1,
+          "fewest: 16 x 8 channels in one segment:" + describe(fewest));
+    check(plan_is_valid(h100, s, layer, &why) && layer.segments.size() == 16,
+          "layer: one segment per layer:" + describe(layer));
+    check(cost.cost <= fewest.cost * (1 + 1e-12) && cost.cost <= layer.cost * (1 + 1e-12),
+          "the cost policy's plan is the cheapest of the three");
+    const ChainShape deep = shape(Path::kTensorCore, body(3, 64, 16, 48), 1, 720, 1280, 4);
+    const ChainPlan f = plan_chain(h100, deep, PlanPolicy::kFewestSegments);
+    check(plan_is_valid(h100, deep, f, &why) && f.segments.size() <= plan_chain(h100, deep).segments.size(),
+          "fewest never has more segments than cost:" + describe(f));
+  }
   // Too many channels for any tile: a clear error.
   {
     DeviceModel tiny = h100;
