@@ -1,14 +1,13 @@
 // Device helpers shared by the segment kernels: image element loads/stores for every dtype, the
 // tail's per-pixel epilogue, and the tensor-core primitives (ldmatrix, mma.sync m16n8k16).
 // torch builds pass -D__CUDA_NO_HALF_CONVERSIONS__ etc., so every conversion here is explicit.
+// Memory goes through device_api.cuh's accessors (the CPU emulator checks each access).
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <cuda_runtime.h>
-
+#include <atomic>
 #include <cstdint>
 
+#include "device_api.cuh"
 #include "kernels.cuh"
 #include "tiling.cuh"
 
@@ -16,59 +15,68 @@ namespace repsr {
 namespace cuda {
 
 // ---- Image elements -----------------------------------------------------------------------------
-// Reads element (n, c, y, x) of `im` as float; uint8 means value / 255. The caller checks bounds.
-__device__ __forceinline__ float load_image(const ImageRef& im, int64_t n, int64_t c, int64_t y,
-                                            int64_t x) {
-  const int64_t off = image_offset(im, n, c, y, x);
+// Element (n, c, y, x) of `im` as float when `pred` (uint8 means value / 255), else 0 without a
+// memory access: the caller's bounds check is the predicate.
+__device__ __forceinline__ float load_image_if(bool pred, const ImageRef& im, int64_t n, int64_t c,
+                                               int64_t y, int64_t x) {
+  const int64_t off = pred ? image_offset(im, n, c, y, x) : 0;
   switch (im.dtype) {
     case DType::kFloat32:
-      return __ldg(static_cast<const float*>(im.data) + off);
+      return ld_global_if(pred, static_cast<const float*>(im.data) + off, 0.0f);
     case DType::kFloat16:
-      return __half2float(static_cast<const __half*>(im.data)[off]);
+      return __half2float(
+          ld_global_if(pred, static_cast<const __half*>(im.data) + off, __float2half_rn(0.0f)));
     case DType::kBFloat16:
-      return __bfloat162float(static_cast<const __nv_bfloat16*>(im.data)[off]);
+      return __bfloat162float(ld_global_if(pred, static_cast<const __nv_bfloat16*>(im.data) + off,
+                                           __float2bfloat16_rn(0.0f)));
     case DType::kUInt8:
       // IEEE division (not the --use_fast_math reciprocal), as the CPU chain does.
-      return __fdiv_rn(static_cast<float>(static_cast<const uint8_t*>(im.data)[off]), 255.0f);
+      return __fdiv_rn(static_cast<float>(ld_global_if(pred, static_cast<const uint8_t*>(im.data) + off,
+                                                       uint8_t{0})),
+                       255.0f);
   }
   return 0.0f;
 }
 
-// Writes v (already clamped where the op asks for it) to element `off` of `im`; uint8 output is
-// clamped to [0, 1], scaled by 255 and rounded half-to-even.
-__device__ __forceinline__ void store_image(const ImageRef& im, int64_t off, float v) {
+// Writes v (already clamped where the op asks for it) to element `off` of `im` when `pred`; uint8
+// output is clamped to [0, 1], scaled by 255 and rounded half-to-even.
+__device__ __forceinline__ void store_image_if(bool pred, const ImageRef& im, int64_t off, float v) {
   switch (im.dtype) {
     case DType::kFloat32:
-      static_cast<float*>(im.data)[off] = v;
+      st_global_if(pred, static_cast<float*>(im.data) + off, v);
       break;
     case DType::kFloat16:
-      static_cast<__half*>(im.data)[off] = __float2half_rn(v);
+      st_global_if(pred, static_cast<__half*>(im.data) + off, __float2half_rn(v));
       break;
     case DType::kBFloat16:
-      static_cast<__nv_bfloat16*>(im.data)[off] = __float2bfloat16_rn(v);
+      st_global_if(pred, static_cast<__nv_bfloat16*>(im.data) + off, __float2bfloat16_rn(v));
       break;
     case DType::kUInt8: {
       const float clamped = fminf(fmaxf(v, 0.0f), 1.0f);  // NaN -> 0
-      static_cast<uint8_t*>(im.data)[off] = static_cast<uint8_t>(__float2int_rn(clamped * 255.0f));
+      st_global_if(pred, static_cast<uint8_t*>(im.data) + off,
+                   static_cast<uint8_t>(__float2int_rn(clamped * 255.0f)));
       break;
     }
   }
 }
 
 // The tail's epilogue for one tail-conv value `v` (bias included) of tail channel `co` at
-// low-resolution pixel (y, x) of image n: pixel shuffle, residual, clamp, store. The caller has
-// checked that (y, x) is inside the image and co < the tail's cout.
-__device__ __forceinline__ void tail_store(const SegmentParams& p, int64_t n, int64_t y, int64_t x,
-                                           int co, float v) {
+// low-resolution pixel (y, x) of image n: pixel shuffle, residual, clamp, store. Does nothing
+// unless `pred`, which the caller sets only for pixels inside the image and co < the tail's cout.
+__device__ __forceinline__ void tail_store_if(bool pred, const SegmentParams& p, int64_t n,
+                                              int64_t y, int64_t x, int co, float v) {
   const ShuffleTarget t = shuffle_target(co, p.scale);
-  if (p.residual) v += load_image(p.image, n, t.c, y, x);
+  if (p.residual) v += load_image_if(pred, p.image, n, t.c, y, x);
   if (p.clamp) v = fminf(fmaxf(v, 0.0f), 1.0f);
   const int64_t oy = y * p.scale + t.i, ox = x * p.scale + t.j;
-  store_image(p.out, image_offset(p.out, n, t.c, oy, ox), v);
+  store_image_if(pred, p.out, pred ? image_offset(p.out, n, t.c, oy, ox) : 0, v);
 }
 
+// The slope array is padded to the allocated channels, so every lane may load it: no divergence.
 __device__ __forceinline__ float activate(float v, const float* slope, int co) {
-  return (slope == nullptr || v >= 0.0f) ? v : v * __ldg(slope + co);
+  if (slope == nullptr) return v;
+  const float s = __ldg(slope + co);
+  return v >= 0.0f ? v : v * s;
 }
 
 // ---- Tensor-core element types ------------------------------------------------------------------
@@ -101,6 +109,8 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
+#elif defined(REPSR_CUDA_EMULATION)
+  ::repsr_emu::ldmatrix_x4(r, addr, __FILE__, __LINE__);
 #else
   (void)addr;
   r[0] = r[1] = r[2] = r[3] = 0;
@@ -122,6 +132,8 @@ __device__ __forceinline__ void mma_16816<__half>(float (&d)[4], const uint32_t 
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(REPSR_CUDA_EMULATION)
+  ::repsr_emu::mma_m16n8k16(d, a, b0, b1, ::repsr_emu::MmaType::kF16, __FILE__, __LINE__);
 #else
   (void)d; (void)a; (void)b0; (void)b1;
   __trap();
@@ -137,6 +149,8 @@ __device__ __forceinline__ void mma_16816<__nv_bfloat16>(float (&d)[4], const ui
       "{%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#elif defined(REPSR_CUDA_EMULATION)
+  ::repsr_emu::mma_m16n8k16(d, a, b0, b1, ::repsr_emu::MmaType::kBF16, __FILE__, __LINE__);
 #else
   (void)d; (void)a; (void)b0; (void)b1;
   __trap();
@@ -151,11 +165,43 @@ inline const char* launch_problem(cudaError_t err, const char* message) {
   return message;
 }
 
+// Once per device and kernel image: the tensor-core kernels need code generated for sm_80 or
+// newer. A build with only older images plus PTX (TORCH_CUDA_ARCH_LIST="7.5+PTX") would be
+// JIT-compiled here with the __trap() fallbacks of ldmatrix_x4 / mma_16816 and kill the CUDA
+// context at the first call; cudaFuncGetAttributes tells which virtual architecture the image the
+// device runs was generated from (ptxVersion, 10 * major + minor).
+constexpr int kMaxDevices = 64;
+
+template <typename Kernel>
+const char* check_kernel_arch(Kernel kernel, int min_arch, std::atomic<int> (&verdict)[kMaxDevices]) {
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return "no current CUDA device";
+  }
+  std::atomic<int>* known = device >= 0 && device < kMaxDevices ? &verdict[device] : nullptr;
+  int v = known ? known->load(std::memory_order_relaxed) : 0;
+  if (v == 0) {
+    cudaFuncAttributes attr;
+    const cudaError_t err = cudaFuncGetAttributes(&attr, kernel);
+    if (err != cudaSuccess) {
+      (void)cudaGetLastError();
+      return launch_problem(err, "cannot query the tensor-core kernel's attributes");
+    }
+    v = attr.ptxVersion >= min_arch ? 1 : -1;
+    if (known) known->store(v, std::memory_order_relaxed);
+  }
+  return v > 0 ? nullptr
+               : "the tensor-core kernels were built for an architecture below sm_80 only (PTX for "
+                 "this GPU would be JIT-compiled without tensor cores): rebuild with this GPU's "
+                 "architecture in TORCH_CUDA_ARCH_LIST, e.g. TORCH_CUDA_ARCH_LIST=9.0";
+}
+
 // Sets the dynamic shared-memory limit of `kernel` and launches it over the segment's tiles.
 template <typename Kernel>
-const char* launch_segment_kernel(Kernel kernel, const SegmentParams& p, int64_t smem_bytes,
-                                  int64_t smem_limit, cudaStream_t stream, const char* attr_error,
-                                  const char* launch_error) {
+const char* launch_segment_kernel(Kernel kernel, const char* name, const SegmentParams& p,
+                                  int64_t smem_bytes, int64_t smem_limit, cudaStream_t stream,
+                                  const char* attr_error, const char* launch_error) {
   const int64_t blocks = grid_blocks(p.grid);
   if (blocks <= 0) return nullptr;
   if (blocks > kMaxGridBlocks) return "too many tiles for one launch (grid limit 2^31 - 1)";
@@ -166,7 +212,8 @@ const char* launch_segment_kernel(Kernel kernel, const SegmentParams& p, int64_t
     (void)cudaGetLastError();  // not a sticky error: clear it so later checks see their own
     return launch_problem(err, attr_error);
   }
-  kernel<<<static_cast<unsigned int>(blocks), kThreads, static_cast<size_t>(smem_bytes), stream>>>(p);
+  REPSR_LAUNCH(kernel, name, static_cast<unsigned int>(blocks), kThreads,
+               static_cast<size_t>(smem_bytes), stream)(p);
   err = cudaGetLastError();
   return err == cudaSuccess ? nullptr : launch_problem(err, launch_error);
 }

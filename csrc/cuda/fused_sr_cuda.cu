@@ -1,9 +1,9 @@
 // Host side of the CUDA chain (fused_sr.h): argument checks, the device model, the segment plan
 // (tiling.cuh, cached per shape), the workspace, the weight-packing kernel and the segment
 // launches. Nothing here synchronizes the host; every launch is checked.
-#include <cuda_runtime.h>
-
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -61,23 +61,24 @@ __global__ void pack_weights_kernel(const __grid_constant__ PackParams p) {
         tap = static_cast<int>(k / cin_p);
         ci = static_cast<int>(k % cin_p);
       }
-      const float w = (ci < L.cin && co < L.cout)
-                          ? L.weight[(static_cast<int64_t>(co) * L.cin + ci) * 9 + tap]
-                          : 0.0f;
+      const bool real = ci < L.cin && co < L.cout;
+      const float w =
+          ld_global_if(real, L.weight + (real ? (static_cast<int64_t>(co) * L.cin + ci) * 9 + tap : 0), 0.0f);
       if (p.compute == static_cast<int32_t>(DType::kFloat32))
-        static_cast<float*>(L.weight_out)[e] = w;
+        st_global(static_cast<float*>(L.weight_out) + e, w);
       else if (p.compute == static_cast<int32_t>(DType::kFloat16))
-        static_cast<__half*>(L.weight_out)[e] = __float2half_rn(w);
+        st_global(static_cast<__half*>(L.weight_out) + e, __float2half_rn(w));
       else
-        static_cast<__nv_bfloat16*>(L.weight_out)[e] = __float2bfloat16_rn(w);
+        st_global(static_cast<__nv_bfloat16*>(L.weight_out) + e, __float2bfloat16_rn(w));
       continue;
     }
     e -= L.weight_count;
     if (e < L.calloc) {
-      L.bias_out[e] = e < L.cout ? L.bias[e] : 0.0f;
+      st_global(L.bias_out + e, ld_global_if(e < L.cout, L.bias + (e < L.cout ? e : 0), 0.0f));
     } else {
       e -= L.calloc;
-      L.slope_out[e] = (L.slope != nullptr && e < L.cout) ? L.slope[e] : 0.0f;
+      const bool real = L.slope != nullptr && e < L.cout;
+      st_global(L.slope_out + e, ld_global_if(real, L.slope + (real ? e : 0), 0.0f));
     }
   }
 }
@@ -159,23 +160,34 @@ struct PlanCache {
   std::vector<std::pair<std::vector<int64_t>, ChainPlan>> entries;  // oldest first
 };
 
-std::vector<int64_t> plan_key(int device, const DeviceModel& d, const ChainShape& s) {
+std::vector<int64_t> plan_key(int device, const DeviceModel& d, const ChainShape& s,
+                              PlanPolicy policy) {
   std::vector<int64_t> key = {device, d.sm_count, d.smem_per_block, d.smem_per_sm,
                               static_cast<int64_t>(s.path), s.n, s.h, s.w, s.scale, s.in_bytes,
-                              s.out_bytes, s.residual ? 1 : 0};
+                              s.out_bytes, s.residual ? 1 : 0, static_cast<int64_t>(policy)};
   key.insert(key.end(), s.widths.begin(), s.widths.end());
   return key;
 }
 
-ChainPlan cached_plan(int device, const DeviceModel& d, const ChainShape& s) {
+// REPSR_CUDA_PLAN = cost (default) | fewest | layer: see PlanPolicy.
+const char* plan_policy(PlanPolicy* policy) {
+  const char* v = std::getenv("REPSR_CUDA_PLAN");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "cost") == 0) *policy = PlanPolicy::kCost;
+  else if (std::strcmp(v, "fewest") == 0) *policy = PlanPolicy::kFewestSegments;
+  else if (std::strcmp(v, "layer") == 0) *policy = PlanPolicy::kOneLayer;
+  else return "REPSR_CUDA_PLAN must be cost, fewest or layer";
+  return nullptr;
+}
+
+ChainPlan cached_plan(int device, const DeviceModel& d, const ChainShape& s, PlanPolicy policy) {
   static PlanCache cache;
-  const std::vector<int64_t> key = plan_key(device, d, s);
+  const std::vector<int64_t> key = plan_key(device, d, s, policy);
   {
     std::lock_guard<std::mutex> lock(cache.mutex);
     for (const auto& entry : cache.entries)
       if (entry.first == key) return entry.second;
   }
-  ChainPlan plan = plan_chain(d, s);  // outside the lock: planning takes a while
+  ChainPlan plan = plan_chain(d, s, policy);  // outside the lock: planning takes a while
   std::lock_guard<std::mutex> lock(cache.mutex);
   if (cache.entries.size() >= 32) cache.entries.erase(cache.entries.begin());
   cache.entries.emplace_back(key, plan);
@@ -196,8 +208,10 @@ const char* prepare(const Net& net, const ImageRef& in, const ImageRef& out, DTy
   DeviceModel model;
   if (const char* problem = query_device(&model, &device, &prep->major)) return problem;
   prep->smem_limit = model.smem_per_block;
+  PlanPolicy policy;
+  if (const char* problem = plan_policy(&policy)) return problem;
   prep->shape = chain_shape(net, in, out, compute);
-  prep->plan = cached_plan(device, model, prep->shape);
+  prep->plan = cached_plan(device, model, prep->shape, policy);
   if (prep->plan.error != nullptr) return prep->plan.error;
   prep->layout = workspace_layout(prep->shape, prep->plan);
   return nullptr;
@@ -230,7 +244,7 @@ const char* launch_packing(const Net& net, const Prepared& prep, char* ws, DType
     }
     pp.total = total;
     const int64_t blocks = std::min<int64_t>(ceil_div(total, 256), 4096);
-    pack_weights_kernel<<<static_cast<unsigned int>(blocks), 256, 0, stream>>>(pp);
+    REPSR_LAUNCH(pack_weights_kernel, "pack_weights", static_cast<unsigned int>(blocks), 256, 0, stream)(pp);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return launch_problem(err, "the weight-packing kernel failed to launch");
   }

@@ -18,12 +18,13 @@ __device__ void f32_load_plane(const SegmentParams& p, int64_t n, const Plane& p
     const int c = i / pixels, pix = i - c * pixels;
     const int py = pix / pl.cols, px = pix - py * pl.cols;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    float v = 0.0f;
-    if (in_image(y, x, p.height, p.width)) {
-      v = p.from_image ? load_image(p.image, n, c, y, x)
-                       : __ldg(map + f32_map_offset(n, c, y, x, p.height, p.width, channels));
-    }
-    dst[i] = v;
+    const bool inside = in_image(y, x, p.height, p.width);
+    const float v =
+        p.from_image
+            ? load_image_if(inside, p.image, n, c, y, x)
+            : ld_global_if(inside, map + (inside ? f32_map_offset(n, c, y, x, p.height, p.width, channels) : 0),
+                           0.0f);
+    st_shared(dst + i, v);
   }
 }
 
@@ -36,8 +37,9 @@ __device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl
     const int c = i / pixels, pix = i - c * pixels;
     const int py = pix / pl.cols, px = pix - py * pl.cols;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    if (in_image(y, x, p.height, p.width))
-      map[f32_map_offset(n, c, y, x, p.height, p.width, channels)] = src[i];
+    const bool inside = in_image(y, x, p.height, p.width);
+    st_global_if(inside, map + (inside ? f32_map_offset(n, c, y, x, p.height, p.width, channels) : 0),
+                 ld_shared(src + i));
   }
 }
 
@@ -84,7 +86,7 @@ __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, in
       for (int kx = 0; kx < 3; ++kx) {
         float v[kF32Rows + 2];
 #pragma unroll
-        for (int r = 0; r < kF32Rows + 2; ++r) v[r] = src[row_off[r] + kx];
+        for (int r = 0; r < kF32Rows + 2; ++r) v[r] = ld_shared(src + row_off[r] + kx);
 #pragma unroll
         for (int ky = 0; ky < 3; ++ky) {
           const float4* wp = reinterpret_cast<const float4*>(wci + (ky * 3 + kx) * calloc);
@@ -98,22 +100,24 @@ __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, in
       }
     }
 
+    // Predicated, not branched: rows past the plane (partial last row group), channels past cout
+    // and, for the tail, pixels beyond the image store nothing. Bias and slope are padded to the
+    // allocated channels, so their loads need no predicate.
 #pragma unroll
     for (int r = 0; r < kF32Rows; ++r) {
       const int y = y0 + r;
-      if (y >= pout.rows) break;
+      const bool row_ok = y < pout.rows;
       const int64_t iy = pout.y0 + y, ix = pout.x0 + x;
       const bool inside = in_image(iy, ix, p.height, p.width);
-      if (tail && !inside) continue;  // edge tile: beyond the image, nothing to write
 #pragma unroll
       for (int c = 0; c < kF32Couts; ++c) {
         const int co = co0 + c;
-        if (co >= cout) break;
+        const bool ok = row_ok && co < cout;
         const float v = activate(acc[r][c] + __ldg(layer.bias + co), layer.slope, co);
         if (tail)
-          tail_store(p, n, iy, ix, co, v);
-        else
-          out[co * out_cs + y * pout.cols + x] = inside ? v : 0.0f;  // next layer's zero padding
+          tail_store_if(ok && inside, p, n, iy, ix, co, v);
+        else  // outside the image: the next layer's zero padding
+          st_shared_if(ok, out + (ok ? co * out_cs + y * pout.cols + x : 0), inside ? v : 0.0f);
       }
     }
   }
@@ -121,7 +125,7 @@ __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, in
 
 __global__ void __launch_bounds__(kThreads, 2)
     segment_fp32_kernel(const __grid_constant__ SegmentParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  REPSR_DYNAMIC_SMEM(smem);
   // Ping-pong buffers, picked with a select (an indexed local array would live on the stack).
   float* const buf0 = reinterpret_cast<float*>(smem + p.buf_offset[0]);
   float* const buf1 = reinterpret_cast<float*>(smem + p.buf_offset[1]);
@@ -148,7 +152,7 @@ __global__ void __launch_bounds__(kThreads, 2)
 
 const char* launch_segment_fp32(const SegmentParams& p, int64_t smem_bytes, int64_t smem_limit,
                                 cudaStream_t stream) {
-  return launch_segment_kernel(segment_fp32_kernel, p, smem_bytes, smem_limit, stream,
+  return launch_segment_kernel(segment_fp32_kernel, "segment_fp32", p, smem_bytes, smem_limit, stream,
                                "cannot set the float32 kernel's shared-memory size",
                                "the float32 segment kernel failed to launch");
 }

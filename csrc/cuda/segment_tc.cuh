@@ -31,11 +31,10 @@ __device__ void load_plane_from_image(const SegmentParams& p, int64_t n, const P
     for (int c0 = 0; c0 < cpad; c0 += 8) {
       float v[8];
 #pragma unroll
-      for (int e = 0; e < 8; ++e)
-        v[e] = (inside && c0 + e < cin) ? load_image(p.image, n, c0 + e, y, x) : 0.0f;
+      for (int e = 0; e < 8; ++e) v[e] = load_image_if(inside && c0 + e < cin, p.image, n, c0 + e, y, x);
       const uint4 packed = make_uint4(TcType<T>::pack(v[0], v[1]), TcType<T>::pack(v[2], v[3]),
                                       TcType<T>::pack(v[4], v[5]), TcType<T>::pack(v[6], v[7]));
-      *reinterpret_cast<uint4*>(dst + pix * stride + c0) = packed;
+      st_shared(reinterpret_cast<uint4*>(dst + pix * stride + c0), packed);
     }
   }
 }
@@ -53,11 +52,11 @@ __device__ void load_plane_from_map(const SegmentParams& p, int64_t n, const Pla
     const int pix = i / chunks, chunk = i - pix * chunks;
     const int py = pix / pl.cols, px = pix - py * pl.cols;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    uint4 v = make_uint4(0, 0, 0, 0);
-    if (in_image(y, x, p.height, p.width))
-      v = __ldg(reinterpret_cast<const uint4*>(map + tc_map_offset(n, y, x, p.height, p.width, cpad)) +
-                chunk);
-    *reinterpret_cast<uint4*>(dst + pix * stride + chunk * 8) = v;
+    const bool inside = in_image(y, x, p.height, p.width);
+    const uint4* src =
+        reinterpret_cast<const uint4*>(map + (inside ? tc_map_offset(n, y, x, p.height, p.width, cpad) : 0)) + chunk;
+    st_shared(reinterpret_cast<uint4*>(dst + pix * stride + chunk * 8),
+              ld_global_if(inside, src, make_uint4(0, 0, 0, 0)));
   }
 }
 
@@ -73,9 +72,9 @@ __device__ void store_plane_to_map(const SegmentParams& p, int64_t n, const Plan
     const int pix = i / chunks, chunk = i - pix * chunks;
     const int py = pix / pl.cols, px = pix - py * pl.cols;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    if (in_image(y, x, p.height, p.width))
-      reinterpret_cast<uint4*>(map + tc_map_offset(n, y, x, p.height, p.width, cpad))[chunk] =
-          *reinterpret_cast<const uint4*>(src + pix * stride + chunk * 8);
+    const bool inside = in_image(y, x, p.height, p.width);
+    uint4* dst = reinterpret_cast<uint4*>(map + (inside ? tc_map_offset(n, y, x, p.height, p.width, cpad) : 0)) + chunk;
+    st_global_if(inside, dst, ld_shared(reinterpret_cast<const uint4*>(src + pix * stride + chunk * 8)));
   }
 }
 
@@ -160,18 +159,19 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
       }
     }
 
-    // Epilogue: bias, activation, then either the next plane (zero outside the image: the next
-    // layer's padding; padded channels come out 0 from zero weights and bias) or the tail output.
+    // Epilogue: bias, activation, then either the next plane or the tail output. Predicated, not
+    // branched: pixels past the plane's end (last unit) store nothing, nor do tail pixels beyond
+    // the image. In the next plane, pixels outside the image are 0 (the next layer's padding) and
+    // so are padded channels (literal zeros: an Inf in a real channel must not become NaN there).
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {  // accumulator rows lane/4 and lane/4 + 8
         const int m = mb * kTcWarpPixels + mt * 16 + tc_acc_row(lane, 2 * h);
-        if (m >= pixels) continue;
+        const bool valid = m < pixels;
         const int py = m / pout.cols, px = m - py * pout.cols;
         const int64_t iy = pout.y0 + py, ix = pout.x0 + px;
         const bool inside = in_image(iy, ix, p.height, p.width);
-        if (tail && !inside) continue;  // edge tile: beyond the image, nothing to write
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
           const int co = (nb * NT + nt) * 8 + tc_acc_col(lane, 0);  // even; co + 1 is the pair
@@ -179,11 +179,13 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
           float v0 = activate(acc[mt][nt][2 * h] + bias.x, layer.slope, co);
           float v1 = activate(acc[mt][nt][2 * h + 1] + bias.y, layer.slope, co + 1);
           if (tail) {
-            if (co < layer.cout) tail_store(p, n, iy, ix, co, v0);
-            if (co + 1 < layer.cout) tail_store(p, n, iy, ix, co + 1, v1);
-          } else if (co < out_cpad) {
-            if (!inside) v0 = v1 = 0.0f;
-            *reinterpret_cast<uint32_t*>(out + m * out_stride + co) = TcType<T>::pack(v0, v1);
+            tail_store_if(valid && inside && co < layer.cout, p, n, iy, ix, co, v0);
+            tail_store_if(valid && inside && co + 1 < layer.cout, p, n, iy, ix, co + 1, v1);
+          } else if (co < out_cpad) {  // the same for every lane of the n8 tile
+            if (!inside || co >= layer.cout) v0 = 0.0f;
+            if (!inside || co + 1 >= layer.cout) v1 = 0.0f;
+            st_shared_if(valid, reinterpret_cast<uint32_t*>(out + (valid ? m * out_stride + co : 0)),
+                         TcType<T>::pack(v0, v1));
           }
         }
       }
@@ -197,7 +199,7 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
 template <typename T, int kMaxNT>
 __global__ void __launch_bounds__(kThreads, tc_blocks_per_sm_by_registers(kMaxNT))
     segment_tc_kernel(const __grid_constant__ SegmentParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  REPSR_DYNAMIC_SMEM(smem);
   // Ping-pong buffers, picked with a select (an indexed local array would live on the stack).
   T* const buf0 = reinterpret_cast<T*>(smem + p.buf_offset[0]);
   T* const buf1 = reinterpret_cast<T*>(smem + p.buf_offset[1]);
@@ -241,16 +243,19 @@ __global__ void __launch_bounds__(kThreads, tc_blocks_per_sm_by_registers(kMaxNT
 }
 
 // Launches the narrow variant when every layer of the segment fits it.
+// `names`: the narrow and the wide variant's names (error messages, emulator reports).
 template <typename T>
 const char* launch_segment_tc(const SegmentParams& p, int64_t smem_bytes, int64_t smem_limit,
-                              cudaStream_t stream, const char* attr_error,
-                              const char* launch_error) {
+                              cudaStream_t stream, const char* const (&names)[2],
+                              const char* attr_error, const char* launch_error) {
+  static std::atomic<int> arch_verdict[kMaxDevices];  // both variants come from one compilation
+  if (const char* problem = check_kernel_arch(segment_tc_kernel<T, 4>, 80, arch_verdict)) return problem;
   int max_nt = 0;
   for (int j = 0; j < p.num_layers; ++j) max_nt = std::max(max_nt, tc_warp_ntiles(p.layers[j].cout));
   if (max_nt <= 4)
-    return launch_segment_kernel(segment_tc_kernel<T, 4>, p, smem_bytes, smem_limit, stream,
-                                 attr_error, launch_error);
-  return launch_segment_kernel(segment_tc_kernel<T, 8>, p, smem_bytes, smem_limit, stream,
+    return launch_segment_kernel(segment_tc_kernel<T, 4>, names[0], p, smem_bytes, smem_limit,
+                                 stream, attr_error, launch_error);
+  return launch_segment_kernel(segment_tc_kernel<T, 8>, names[1], p, smem_bytes, smem_limit, stream,
                                attr_error, launch_error);
 }
 
