@@ -208,9 +208,9 @@ def test_bad_inputs_have_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="tile must be a positive integer"):
         fused(torch.rand(1, 3, 8, 8), tile=0)
     assert fused(torch.rand(0, 3, 8, 8)).shape == (0, 3, 16, 16)
-    with pytest.raises(ValueError, match=r"shape \[H, W, 3\]"):
-        fused.upscale(np.zeros((8, 8, 4), np.uint8))
-    with pytest.raises(TypeError, match="uint8"):
+    with pytest.raises(ValueError, match=r"shape \[H, W\], \[H, W, 1\], \[H, W, 3\] or \[H, W, 4\]"):
+        fused.upscale(np.zeros((8, 8, 2), np.uint8))
+    with pytest.raises(TypeError, match="uint8 or uint16"):
         fused.upscale(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(FileNotFoundError, match="missing.png"):
         fused.upscale(tmp_path / "missing.png")

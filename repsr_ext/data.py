@@ -28,7 +28,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+from .images import read_image_file, readable_extensions
+
+# Every extension PIL can open (.png, .jpg, .tif, .webp, .bmp, ...), lower case.
+IMAGE_EXTENSIONS = readable_extensions()
 
 # --- MATLAB-compatible bicubic resize -------------------------------------------------------------
 
@@ -173,17 +176,9 @@ def as_rgb_uint8(array: np.ndarray) -> np.ndarray:
 
 
 def read_image(path) -> np.ndarray:
-    """Decodes an image file as ``H x W x 3`` uint8; 16-bit and float images are scaled to 8 bit."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
-            # 16-bit PNGs: convert("RGB") would clip at 255 instead of scaling.
-            array = np.asarray(im, dtype=np.float64) / 257.0
-            return as_rgb_uint8(np.clip(np.round(array), 0, 255).astype(np.uint8))
-        if im.mode == "F":
-            array = np.asarray(im, dtype=np.float64)
-            return as_rgb_uint8(np.clip(np.round(array * 255), 0, 255).astype(np.uint8))
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    """Decodes an image file as ``H x W x 3`` uint8, upright (EXIF orientation applied); every PIL
+    mode and 16-bit colour converted as ``images.Picture.from_pil`` says (16 bits rounded to 8)."""
+    return read_image_file(path).rgb8()
 
 
 def list_images(root) -> list[Path]:
@@ -223,7 +218,7 @@ def load_image_folder(root) -> list[tuple[str, np.ndarray]]:
         except Exception as e:
             warnings.warn(f"skipping unreadable image {path}: {type(e).__name__}: {e}", stacklevel=2)
     if not images:
-        raise ValueError(f"no readable images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+        raise ValueError(f"no readable images under {root}")
     return images
 
 

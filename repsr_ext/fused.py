@@ -2,17 +2,19 @@
 
     fused = FusedSR.load("model.safetensors")      # or a PlainSR, or a RepSRNet
     y = fused(x)                                   # float [N, C, H, W] -> [N, C, rH, rW]
-    img = fused.upscale("photo.png")               # PIL / uint8 HxWxC numpy / path -> same kind
+    img = fused.upscale("photo.png")               # PIL / uint8|uint16 HxWxC numpy / path -> same kind
+    fused.upscale_file("in.tif", "out.png")        # bit depth, orientation, ICC, EXIF, DPI kept
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from . import ops
+from . import images, ops
 from .nets import PlainSR, RepSRNet
 
 # dtypes the fused op accepts on each device type.
@@ -41,7 +43,7 @@ class FusedSR:
         if not ops.has_backend(device.type):
             raise RuntimeError(
                 f"repsr_ext was built without {device.type.upper()} kernels (built backends: "
-                f"{', '.join(ops.build_info.BACKENDS)}); rebuild on a machine with a CUDA torch and "
+                f"{', '.join(ops.backends())}); rebuild on a machine with a CUDA torch and "
                 "nvcc: pip install --no-build-isolation ."
             )
         self.device = device
@@ -61,11 +63,15 @@ class FusedSR:
         self.neg_slopes = [s.to(device=device, dtype=torch.float32).contiguous() for s in slopes]
 
     @classmethod
-    def load(cls, source, device="cpu", dtype: torch.dtype = torch.float32, clamp: bool = False) -> "FusedSR":
+    def load(cls, source, device="cpu", dtype: torch.dtype = torch.float32, clamp: bool = False,
+             act: str | None = None) -> "FusedSR":
         """``source``: a deployed file path (repsr_ext or SRVGGNetCompact), a ``PlainSR``, or a
-        ``RepSRNet`` (re-parameterized here, once)."""
+        ``RepSRNet`` (re-parameterized here, once). ``act`` ('relu', 'lrelu' or 'prelu') names the
+        activation of an SRVGGNetCompact file without PReLU weights, which the file cannot tell."""
+        if act is not None and not isinstance(source, (str, Path)):
+            raise ValueError("act= applies to SRVGGNetCompact files only; a network object knows its activation")
         if isinstance(source, (str, Path)):
-            model = PlainSR.load(source)
+            model = PlainSR.load(source, act=act)
         elif isinstance(source, RepSRNet):
             model = source.reparameterize()
         elif isinstance(source, PlainSR):
@@ -111,43 +117,120 @@ class FusedSR:
 
     # --- images -------------------------------------------------------------------------------------
     def upscale(self, image, tile: int | None = None):
-        """Upscales a PIL image, an HxWxC uint8 numpy array, or an image file path.
+        """Upscales a PIL image, an H x W (x C) uint8 or uint16 numpy array, or an image file path.
 
-        Returns a PIL image for PIL and path input, a uint8 numpy array for numpy input. Rounding and
-        clamping to uint8 happen inside the fused op. An alpha channel is upscaled bicubically."""
+        Returns the same kind: a PIL image for PIL and path input (16-bit grey stays ``I;16``;
+        16-bit colour from a file comes back as 8-bit PIL, use ``upscale_file`` to keep it), a numpy
+        array of the input's dtype and layout for numpy input. Any PIL mode is converted as
+        ``images.Picture.from_pil`` says; a file's EXIF orientation is applied. Grey input stays
+        grey; alpha is upscaled bicubically. 8-bit images are rounded and clamped inside the fused
+        op; 16-bit ones run through the float op and are rounded to 16 bits."""
         from PIL import Image
 
         if isinstance(image, (str, Path)):
-            image = _open_image(Path(image))
+            return self.upscale_picture(images.read_image_file(image), tile).to_pil()
         if isinstance(image, Image.Image):
-            return self._upscale_pil(image, tile)
+            return self.upscale_picture(images.Picture.from_pil(image), tile).to_pil()
         if isinstance(image, np.ndarray):
             return self._upscale_array(image, tile)
-        raise TypeError(f"upscale needs a PIL image, a uint8 numpy array or a path, got {type(image).__name__}")
+        raise TypeError(f"upscale needs a PIL image, a uint8/uint16 numpy array or a path, got {type(image).__name__}")
 
-    def _upscale_pil(self, image, tile):
-        from PIL import Image
+    def upscale_file(self, source, target, tile: int | None = None, bit_depth: int | None = None,
+                     quality: int | None = None, max_pixels: int | None = images.DEFAULT_MAX_PIXELS) -> list[str]:
+        """Reads ``source``, upscales it and writes ``target`` (format by its extension) with the
+        input's bit depth (or ``bit_depth`` 8 / 16), ICC profile, EXIF (orientation reset) and DPI
+        times the scale; ``quality`` for JPEG / WebP (default 95); images over ``max_pixels`` are
+        refused (None: no limit). Written atomically. Returns notes on what the output format
+        could not keep."""
+        return self.upscale_file_pictures(source, target, tile, bit_depth, quality, max_pixels)[2]
 
-        alpha = None
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            image = image.convert("RGBA")
-            alpha = image.getchannel("A")
-        mode = "L" if self.in_channels == 1 else "RGB"
-        result = Image.fromarray(self._upscale_array(np.asarray(image.convert(mode)), tile))
-        if alpha is not None and mode == "RGB":
-            result.putalpha(alpha.resize(result.size, Image.BICUBIC))
-        return result
+    def upscale_file_pictures(self, source, target, tile=None, bit_depth=None, quality=None,
+                              max_pixels=images.DEFAULT_MAX_PIXELS):
+        """``upscale_file`` that also returns the decoded input and the result: (input, output, notes)."""
+        target = Path(target)
+        picture = images.read_image_file(source, max_pixels=max_pixels)
+        bits, note = images.output_bit_depth(bit_depth, picture, target)  # checked before the work
+        result = self.upscale_picture(picture, tile).to_bit_depth(bits)
+        result.metadata = images.scaled_metadata(picture.metadata, self.scale)
+        notes = ([note] if note else []) + images.write_image_file(target, result, quality=quality)
+        return picture, result, notes
+
+    def upscale_picture(self, picture: "images.Picture", tile: int | None = None) -> "images.Picture":
+        """The network applied to a decoded picture (same bit depth, grey stays grey)."""
+        color = picture.color
+        grey = picture.grayscale
+        if self.in_channels == 3 and grey:
+            color = np.repeat(color, 3, axis=2)  # an RGB model sees a grey image as R = G = B
+        if self.in_channels not in (1, 3) or self.out_channels != self.in_channels:
+            raise ValueError(f"images need a model with 1 or 3 channels in and out, this one has "
+                             f"{self.in_channels} in and {self.out_channels} out")
+        if self.in_channels == 1 and not grey:
+            out = self._run_y_model(color, tile)
+        else:
+            out = self._run_image(color, tile)
+            if grey and out.shape[2] == 3:
+                out = _luma(out)  # rounded once, from the unrounded channels where there are any
+            elif out.dtype != color.dtype:
+                out = _quantize(out, color.dtype)
+        alpha = None if picture.alpha is None else _resize_alpha(picture.alpha, self.scale)
+        return images.Picture(out, alpha, picture.metadata)
+
+    def _run_image(self, color: np.ndarray, tile) -> np.ndarray:
+        """H x W x C uint8 -> (rH) x (rW) x C_out uint8 (rounded in the op); uint16 -> float64 in
+        [0, 1] (rounded by the caller)."""
+        if color.dtype == np.uint8:
+            return self._upscale_u8(color, tile)
+        x = torch.from_numpy(color.astype(np.float32) / 65535.0).permute(2, 0, 1).unsqueeze(0)
+        x = x.to(device=self.device, dtype=self.dtype)
+
+        def run(crop: torch.Tensor) -> torch.Tensor:
+            return torch.ops.repsr_ext.fused_sr(
+                crop, self.weights, self.biases, self.neg_slopes, self.scale, self.residual, True
+            )
+
+        y = self._tiled(run, x, spatial_dims=(2, 3), tile=tile, image=True)[0].float().permute(1, 2, 0).cpu().numpy()
+        return np.clip(y.astype(np.float64), 0, 1)
+
+    def _run_y_model(self, rgb: np.ndarray, tile) -> np.ndarray:
+        """A one-channel (Y) model on an RGB image, as Y-trained SR papers evaluate it: Y (BT.601,
+        full range) through the network, Cb and Cr upscaled bicubically, then back to RGB."""
+        top = 255.0 if rgb.dtype == np.uint8 else 65535.0
+        x = torch.from_numpy(rgb.astype(np.float32) / top).permute(2, 0, 1).unsqueeze(0)
+        r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+        y = 0.299 * r + 0.587 * g + 0.114 * b
+        chroma = torch.cat([(b - y) / 1.772, (r - y) / 1.402], dim=1)  # Cb, Cr (centred on 0)
+        chroma = torch.nn.functional.interpolate(chroma, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+        def run(crop: torch.Tensor) -> torch.Tensor:
+            return torch.ops.repsr_ext.fused_sr(
+                crop, self.weights, self.biases, self.neg_slopes, self.scale, self.residual, True
+            )
+
+        y_up = self._tiled(run, y.to(device=self.device, dtype=self.dtype), spatial_dims=(2, 3), tile=tile,
+                           image=True)
+        y_up = y_up.float().cpu()
+        cb, cr = chroma[:, 0:1], chroma[:, 1:2]
+        out = torch.cat([y_up + 1.402 * cr, y_up - 0.344136 * cb - 0.714136 * cr, y_up + 1.772 * cb], dim=1)
+        out = out[0].permute(1, 2, 0).clamp(0, 1).mul(top).round().numpy()
+        return out.astype(rgb.dtype)
 
     def _upscale_array(self, array: np.ndarray, tile) -> np.ndarray:
-        if array.dtype != np.uint8:
-            raise TypeError(f"image array must be uint8, got {array.dtype}")
-        squeeze = array.ndim == 2 and self.in_channels == 1
+        if array.dtype not in (np.uint8, np.uint16):
+            raise TypeError(f"image array must be uint8 or uint16, got {array.dtype}")
+        squeeze = array.ndim == 2
         if squeeze:
             array = array[:, :, None]
-        if array.ndim != 3 or array.shape[2] != self.in_channels:
-            raise ValueError(
-                f"image array must have shape [H, W, {self.in_channels}], got {tuple(array.shape)}"
-            )
+        if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+            raise ValueError(f"image array must have shape [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+                             f"got {tuple(array.shape)}")
+        alpha = array[:, :, 3] if array.shape[2] == 4 else None
+        picture = images.Picture(np.ascontiguousarray(array[:, :, :3] if alpha is not None else array),
+                                 None if alpha is None else np.ascontiguousarray(alpha))
+        result = self.upscale_picture(picture, tile)
+        out = result.color if result.alpha is None else np.concatenate([result.color, result.alpha[:, :, None]], 2)
+        return out[:, :, 0] if squeeze and out.shape[2] == 1 else out
+
+    def _upscale_u8(self, array: np.ndarray, tile) -> np.ndarray:
         array = np.ascontiguousarray(array)
         if not array.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
             array = array.copy()
@@ -158,17 +241,40 @@ class FusedSR:
                 crop, self.weights, self.biases, self.neg_slopes, self.scale, self.residual
             )
 
-        out = self._tiled(run, batch, spatial_dims=(1, 2), tile=tile)[0].cpu().numpy()
-        return out[:, :, 0] if squeeze else out
+        return self._tiled(run, batch, spatial_dims=(1, 2), tile=tile, image=True)[0].cpu().numpy()
 
     # --- tiling -------------------------------------------------------------------------------------
-    def _tiled(self, run: Callable, x: torch.Tensor, spatial_dims: tuple[int, int], tile: int | None):
-        if tile is not None and (not isinstance(tile, int) or tile < 1):
+    def _bytes_per_pixel(self, x: torch.Tensor) -> int:
+        """GPU bytes per input pixel of one run: the input, the output (scale^2 larger), and two
+        boundary maps of the widest layer (a split chain ping-pongs between them)."""
+        element = x.element_size()
+        compute = 4 if self.dtype == torch.float32 else 2
+        return (self.in_channels * element + self.out_channels * self.scale ** 2 * element
+                + 2 * max(self.channels) * compute)
+
+    def _tiled(self, run: Callable, x: torch.Tensor, spatial_dims: tuple[int, int], tile: int | None,
+               image: bool = False):
+        """``run`` over tiles of ``x``. ``image``: the caller takes the result to the CPU anyway, so
+        on CUDA the output is assembled there and a tile is chosen when the whole image would not
+        fit in the GPU's free memory (``cuda_image_tile``)."""
+        if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 1):
             raise ValueError(f"tile must be a positive integer or None, got {tile!r}")
         dy, dx = spatial_dims
         height, width = x.shape[dy], x.shape[dx]
+        out_device = x.device
+        if image and x.device.type == "cuda":
+            out_device = torch.device("cpu")
+            if tile is None:
+                free, _ = torch.cuda.mem_get_info(x.device)
+                tile = cuda_image_tile(height, width, self._bytes_per_pixel(x), free // 2)
         if tile is None or (height <= tile and width <= tile):
             return run(x)
+        overhead = ((tile + 8 * self.halo) / tile) ** 2
+        if overhead > 4:
+            warnings.warn(
+                f"tile={tile} is small next to this network's reach ({4 * self.halo} pixels per side "
+                f"for {self.halo} layers): each tile computes about {overhead:.0f}x its own pixels; "
+                f"tile >= {8 * self.halo} keeps that under 4x", stacklevel=3)
         # The CPU op runs 3x3 convs as Winograd F(4x4, 3x3) on 4x4 blocks aligned to multiples of 4
         # from the crop's pixel 0 (csrc/README.md). A block's rounding depends on its whole 6x6
         # input window, so an output pixel's bits depend on up to 4 (not 1) more pixels per side
@@ -187,19 +293,43 @@ class FusedSR:
                 if out is None:
                     shape = list(part.shape)
                     shape[dy], shape[dx] = height * s, width * s
-                    out = part.new_empty(shape)
+                    out = torch.empty(shape, dtype=part.dtype, device=out_device)
                 out.narrow(dy, y0 * s, (y1 - y0) * s).narrow(dx, x0 * s, (x1 - x0) * s).copy_(part)
         return out
 
 
-def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
 
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return img.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
+def cuda_image_tile(height: int, width: int, bytes_per_pixel: int, budget: int) -> int | None:
+    """The tile side for an image whose whole-image run (``bytes_per_pixel`` per input pixel:
+    input, output and the widest intermediate map, see ``FusedSR._bytes_per_pixel``) would need
+    more than ``budget`` bytes of GPU memory; None when it fits whole. At least 256, so that halo
+    recomputation stays small; a multiple of 4 (Winograd-aligned like every tile)."""
+    if height * width * bytes_per_pixel <= budget:
+        return None
+    side = int((budget / bytes_per_pixel) ** 0.5) // 4 * 4
+    return max(256, side)
+
+
+def _quantize(values01: np.ndarray, dtype) -> np.ndarray:
+    top = np.iinfo(dtype).max
+    return np.round(np.clip(values01, 0, 1) * top).astype(dtype)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    """H x W x 3 -> H x W x 1: ITU-R 601 luma, as PIL's convert("L"). uint8 stays uint8; float
+    values in [0, 1] (from 16-bit input) become uint16."""
+    y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    if rgb.dtype == np.uint8:
+        return np.clip(np.round(y), 0, 255).astype(np.uint8)[:, :, None]
+    return _quantize(y, np.uint16)[:, :, None]
+
+
+def _resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
+    """Bicubic upscaling of an alpha plane (PIL), in its dtype."""
+    from PIL import Image
+
+    size = (alpha.shape[1] * scale, alpha.shape[0] * scale)
+    if alpha.dtype == np.uint8:
+        return np.asarray(Image.fromarray(alpha).resize(size, Image.BICUBIC)).copy()
+    plane = Image.fromarray(alpha.astype(np.float32)).resize(size, Image.BICUBIC)
+    return np.clip(np.round(np.asarray(plane)), 0, 65535).astype(np.uint16)
