@@ -178,8 +178,9 @@ def test_never_unpickles_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     bad = tmp_path / "evil.pth"
     bad.write_bytes(pickle.dumps({"params": _Evil()}))
-    with pytest.raises(DeployedFileError, match="weights_only"):
+    with pytest.raises(DeployedFileError, match="does not unpickle") as raised:
         PlainSR.load(bad)
+    assert "weights_only=False" not in str(raised.value)  # no nudge towards unsafe loading
     assert not (tmp_path / "PWNED").exists()
 
 
@@ -278,11 +279,118 @@ def test_export_srvgg_round_trip(tmp_path, suffix):
         assert torch.equal(PlainSR.load(path)(x), plain(x))
 
 
+def _srvgg_forward64(state, x, scale):
+    """SRVGGNetCompact with PReLU, in float64, from a raw state dict (an independent reference)."""
+    return _srvgg_forward({k: v.double() for k, v in state.items()}, x.double(), scale, "prelu")
+
+
+@pytest.mark.parametrize("act, slope", [("relu", None), ("lrelu", 0.1), ("lrelu", 0.2), ("identity", None), ("prelu", None)])
+def test_export_srvgg_writes_every_activation_as_prelu(tmp_path, act, slope):
+    kwargs = {"lrelu_slope": slope} if slope is not None else {}
+    net = randomize_(RepSRNet(scale=2, channels=6, num_blocks=2, act=act, **kwargs), seed=7)
+    plain = net.eval().reparameterize()
+    path = tmp_path / "x.pth"
+    plain.export_srvgg(path)
+    raw = torch.load(path, weights_only=True)["params"]
+    assert all(f"body.{2 * k + 1}.weight" in raw for k in range(plain.num_layers - 1))
+    x = _x(7)
+    with torch.no_grad():
+        ref = _srvgg_forward64(raw, x, 2)
+        # float32 against float64: relative L2 error of a float32 conv chain
+        assert ((plain(x).double() - ref).norm() / ref.norm()).item() <= 1e-6
+        again = PlainSR.load(path)
+        assert again.act_type == "prelu" and torch.allclose(again(x), plain(x), atol=1e-6)
+
+
 def test_export_srvgg_rejects_what_it_cannot_represent(tmp_path):
-    with pytest.raises(ValueError, match="no identity activation"):
-        _plain(act="identity").export_srvgg(tmp_path / "x.pth")
+    weights = [torch.randn(6, 3, 3, 3), torch.randn(8, 6, 3, 3), torch.randn(12, 8, 3, 3)]
+    biases = [torch.randn(6), torch.randn(8), torch.randn(12)]
+    mixed = PlainSR(weights, biases, act="relu", scale=2)
+    with pytest.raises(ValueError, match="same width"):
+        mixed.export_srvgg(tmp_path / "x.pth")
+    no_residual = PlainSR(weights[:1] + [torch.randn(12, 6, 3, 3)], biases[:1] + [torch.randn(12)],
+                          act="relu", scale=2, residual="none")
+    with pytest.raises(ValueError, match="residual"):
+        no_residual.export_srvgg(tmp_path / "x.pth")
     assert not (tmp_path / "x.pth").exists()
-    net = RepSRNet(2, 4, 1, act="lrelu", lrelu_slope=0.2).eval().reparameterize()
-    with pytest.raises(ValueError, match="LeakyReLU slope"):
-        net.export_srvgg(tmp_path / "y.pth")
-    assert math.isclose(net.lrelu_slope, 0.2)
+
+
+def _flip_tensor_byte(path):
+    """Flips the lowest mantissa bit of the third-last float32 in the file: a small change that
+    every range check lets through."""
+    data = bytearray(path.read_bytes())
+    data[-12] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_tensor_data_is_detected(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _plain(seed=5).save(path)
+    assert len(_metadata(path)["tensors_sha256"]) == 64
+    _flip_tensor_byte(path)  # inside the last tensor's bytes: safetensors itself cannot tell
+    with pytest.raises(DeployedFileError, match="m.safetensors: corrupt"):
+        PlainSR.load(path)
+
+
+def test_random_damage_never_loads_silently(tmp_path):
+    """120 copies of the shipped model, each with one flipped bit anywhere: an error naming the
+    file, never a silent load of other weights or a crash."""
+    from repsr_ext.cli import MODELS_DIR
+
+    clean = MODELS_DIR / "repsr_m4c16_x4.safetensors"
+    if not clean.is_file():
+        clean = tmp_path / "clean.safetensors"
+        _plain(seed=6).save(clean)
+    data = clean.read_bytes()
+    rng = torch.Generator().manual_seed(6)
+    for trial in range(120):
+        damaged = bytearray(data)
+        position = int(torch.randint(len(data), (1,), generator=rng))
+        damaged[position] ^= 1 << int(torch.randint(8, (1,), generator=rng))
+        path = tmp_path / f"damaged{trial}.safetensors"
+        path.write_bytes(bytes(damaged))
+        try:
+            PlainSR.load(path)
+        except (DeployedFileError, FileNotFoundError) as e:
+            assert f"damaged{trial}" in str(e)
+        else:
+            # Only a flip that changes no tensor byte and no checked metadata can load (e.g. in
+            # the header's padding or the package_version string).
+            loaded = PlainSR.load(path).state_dict()
+            assert all(torch.equal(v, PlainSR.load(clean).state_dict()[k]) for k, v in loaded.items())
+
+
+def test_file_without_checksum_loads_with_a_note(tmp_path):
+    path = tmp_path / "old.safetensors"
+    plain = _plain(seed=8)
+    plain.save(path)
+    tensors = load_file(str(path))
+    meta = _metadata(path)
+    del meta["tensors_sha256"]
+    save_file(tensors, str(path), metadata=meta)
+    with pytest.warns(UserWarning, match="without a checksum"):
+        loaded = PlainSR.load(path)
+    x = _x(8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), plain(x))
+
+
+def test_absurd_weights_are_reported(tmp_path):
+    state = _srvgg_state(scale=2)
+    state["body.2.weight"][0, 0, 1, 1] = 3e5
+    path = tmp_path / "absurd.pth"
+    torch.save(state, path)
+    with pytest.raises(DeployedFileError, match="absurd.pth: tensor 'body.2.weight' has a value of magnitude 3e"):
+        PlainSR.load(path)
+
+
+def test_act_must_agree_with_the_file(tmp_path):
+    path = tmp_path / "m.safetensors"
+    _plain(act="relu", seed=9).save(path)
+    assert PlainSR.load(path, act="relu").act_type == "relu"
+    with pytest.raises(DeployedFileError, match="records activation 'relu', not 'lrelu'"):
+        PlainSR.load(path, act="lrelu")
+    srvgg = tmp_path / "prelu.pth"
+    torch.save(_srvgg_state(scale=2), srvgg)
+    with pytest.raises(DeployedFileError, match="has PReLU weights"):
+        PlainSR.load(srvgg, act="relu")

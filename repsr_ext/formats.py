@@ -11,6 +11,7 @@ the PReLU slopes (absent for ReLU/LeakyReLU), and the residual is the nearest-up
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -24,10 +25,17 @@ from .nets import ACTIVATIONS, DEFAULT_LRELU_SLOPE, RESIDUAL_MODES, PlainSR
 
 FORMAT_NAME = "repsr_ext.plain_sr"
 FORMAT_VERSION = 1
+# Weights beyond this magnitude come from no trained SR network: a damaged or foreign file.
+MAX_PLAUSIBLE_WEIGHT = 1e4
 
 
 class DeployedFileError(ValueError):
     """A deployed or SRVGG file that cannot be used; the message names the file and the problem."""
+
+
+class GuessedActivationWarning(UserWarning):
+    """An SRVGGNetCompact file without PReLU weights was read as LeakyReLU(0.1): the state dict
+    cannot tell ReLU from LeakyReLU; ``act=`` / ``--act`` says which."""
 
 
 def _package_version() -> str:
@@ -53,33 +61,48 @@ def save_plain(model: PlainSR, path) -> None:
         "residual": model.residual,
         "block": model.block_type,
         "package_version": _package_version(),
+        "tensors_sha256": tensors_sha256(tensors),
     }
     _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order: recorded in the
+    deployed file so that damage inside the tensor data (which safetensors does not detect) is."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def export_srvgg(model: PlainSR, path) -> None:
     """Writes ``model`` as an SRVGGNetCompact state dict: ``.safetensors`` by that extension,
     otherwise a ``.pth`` holding ``{"params": state_dict}`` as Real-ESRGAN does (tensors only, so it
-    loads with ``torch.load(weights_only=True)``)."""
+    loads with ``torch.load(weights_only=True)``).
+
+    Every activation is written as PReLU weights (``body.{2k+1}.weight``): ReLU as slope 0,
+    LeakyReLU as its slope, identity as slope 1 -- the same function exactly. A state dict without
+    them is what Real-ESRGAN writes for ReLU / LeakyReLU nets, but it cannot say which, and spandrel
+    only recognises SRVGGNetCompact files that have them."""
     widths = model.channels
     problems = []
     if len(set(widths[1:-1])) > 1:
         problems.append(f"hidden layers must all have the same width, got {widths[1:-1]}")
-    if model.act_type == "identity":
-        problems.append("SRVGGNetCompact has no identity activation")
-    if model.act_type == "lrelu" and not math.isclose(model.lrelu_slope, DEFAULT_LRELU_SLOPE):
-        problems.append(f"SRVGGNetCompact's LeakyReLU slope is {DEFAULT_LRELU_SLOPE}, model uses {model.lrelu_slope}")
     if model.residual != "nearest":
         problems.append("SRVGGNetCompact always adds the nearest-upsampled input (residual='nearest')")
+    if model.num_layers < 2:
+        problems.append("SRVGGNetCompact has at least two convs (head and tail)")
     if problems:
         raise ValueError("cannot export as SRVGGNetCompact: " + "; ".join(problems))
     state = {}
+    slopes = model.negative_slopes()
     for k, conv in enumerate(model.convs):
         state[f"body.{2 * k}.weight"] = conv.weight.detach().cpu().contiguous()
         state[f"body.{2 * k}.bias"] = conv.bias.detach().cpu().contiguous()
-    if model.act_type == "prelu":
-        for k, act in enumerate(model.acts):
-            state[f"body.{2 * k + 1}.weight"] = act.weight.detach().cpu().contiguous()
+        if k < model.num_layers - 1:
+            state[f"body.{2 * k + 1}.weight"] = slopes[k].detach().to(conv.weight.dtype).cpu().contiguous()
     if str(path).endswith(".safetensors"):
         from safetensors.torch import save_file
 
@@ -111,7 +134,11 @@ def load_plain(path, act: str | None = None) -> PlainSR:
         raise FileNotFoundError(f"model file not found: {path}")
     tensors, metadata = _read_tensors(path)
     if metadata.get("format") == FORMAT_NAME:
-        return _plain_from_deployed(path, tensors, metadata)
+        plain = _plain_from_deployed(path, tensors, metadata)
+        if act is not None and act != plain.act_type:
+            raise DeployedFileError(f"{path}: the file records activation {plain.act_type!r}, not {act!r} "
+                                    "(act= / --act is for SRVGGNetCompact files without PReLU weights)")
+        return plain
     if any(k.startswith("body.") for k in tensors):
         return _plain_from_srvgg(path, tensors, act)
     shown = ", ".join(sorted(tensors)[:6]) or "no tensors"
@@ -136,8 +163,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors: all mean "unusable file"
         raise DeployedFileError(
-            f"{path}: not a safetensors file and not a torch state dict that loads with "
-            f"weights_only=True ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            f"{path}: not a safetensors file and not a torch state dict of tensors ({torch_load_failure(e)})"
         ) from None
     if isinstance(obj, dict):
         # Real-ESRGAN / BasicSR wrap the state dict; prefer the EMA weights as they do.
@@ -148,6 +174,17 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise DeployedFileError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
     return dict(obj), {}
+
+
+def torch_load_failure(error: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` refused a file, in a few words. Not torch's own
+    message: that advises ``weights_only=False``, i.e. unpickling a file nobody has vetted, which
+    repsr_ext never does."""
+    text = str(error)
+    if "Weights only load failed" in text or "weights_only" in text:
+        return "it holds Python objects besides tensors, and repsr_ext does not unpickle files"
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first[:160]}" if first else type(error).__name__
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -208,6 +245,12 @@ def _plain_from_deployed(path: Path, tensors: dict, meta: dict) -> PlainSR:
         if act == "prelu" and i < num_layers - 1:
             expected[f"acts.{i}.weight"] = (channels[i + 1],)
     _check_tensors(path, tensors, expected)
+    recorded = meta.get("tensors_sha256")
+    if recorded is None:
+        warnings.warn(f"{path}: written without a checksum (before repsr_ext recorded one), so damage "
+                      "to its weights cannot be detected; re-save it (repsr export) to add one", stacklevel=4)
+    elif tensors_sha256(tensors) != recorded:
+        fail("corrupt: its tensor data does not match the SHA-256 recorded when it was written")
     weights = [tensors[f"convs.{i}.weight"] for i in range(num_layers)]
     biases = [tensors[f"convs.{i}.bias"] for i in range(num_layers)]
     slopes = [tensors[f"acts.{i}.weight"] for i in range(num_layers - 1)] if act == "prelu" else None
@@ -235,6 +278,10 @@ def _check_tensors(path: Path, tensors: dict, expected: dict) -> None:
             raise DeployedFileError(f"{path}: tensor '{key}' has dtype {t.dtype}, expected a float dtype")
         if not torch.isfinite(t).all():
             raise DeployedFileError(f"{path}: tensor '{key}' contains NaN or infinity")
+        largest = t.abs().max().item() if t.numel() else 0.0
+        if largest > MAX_PLAUSIBLE_WEIGHT:
+            raise DeployedFileError(f"{path}: tensor '{key}' has a value of magnitude {largest:.3g}, "
+                                    f"beyond any trained network's (> {MAX_PLAUSIBLE_WEIGHT:g}): the file is damaged")
 
 
 _BODY_KEY = re.compile(r"^body\.(\d+)\.(weight|bias)$")
@@ -258,11 +305,14 @@ def _plain_from_srvgg(path: Path, tensors: dict, act: str | None) -> PlainSR:
         if not has_prelu:
             warnings.warn(
                 f"{path}: no PReLU weights, so the activation is ReLU or LeakyReLU(0.1) and the "
-                "state dict cannot tell which; assuming 'lrelu' (pass act='relu' to override)",
+                "state dict cannot tell which; assuming 'lrelu' (act='relu' / --act relu to override)",
+                GuessedActivationWarning,
                 stacklevel=3,
             )
     if act == "prelu" and not has_prelu:
         fail("act='prelu' but the state dict has no PReLU weights (body.1.weight)")
+    if act in ("relu", "lrelu") and has_prelu:
+        fail(f"act={act!r} but the state dict has PReLU weights (body.1.weight): leave act out")
     if act not in ("prelu", "relu", "lrelu"):
         fail(f"activation must be prelu, relu or lrelu, got {act!r}")
 

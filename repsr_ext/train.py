@@ -41,11 +41,14 @@ import os
 import random
 import sys
 import time
-import tomllib
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 import numpy as np
 import torch
@@ -689,7 +692,12 @@ class Trainer:
 
 def load_checkpoint(path) -> dict[str, Any]:
     """Reads a training checkpoint with ``torch.load(weights_only=True)`` and checks its format."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    from .formats import torch_load_failure
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, truncated, or pickled objects: all "not a checkpoint"
+        raise ValueError(f"{path} is not a repsr_ext training checkpoint ({torch_load_failure(e)})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a repsr_ext training checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
