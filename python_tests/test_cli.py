@@ -6,9 +6,11 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from repsr_ext import PlainSR, RepSRNet, cli, ops
+from repsr_ext import FusedSR, PlainSR, RepSRNet, cli, ops
+from repsr_ext.images import read_image_file
 from repsr_ext.cli import main
 from repsr_ext.train import TrainConfig, train
 
@@ -163,3 +165,171 @@ def test_errors_are_one_line(capsys, tiny_model, images, tmp_path, case):
     assert "Traceback" not in err
     prefix = "repsr train: error: " if case.startswith("train") else "repsr: error: "
     assert len(err.strip().splitlines()) == 1 and err.startswith(prefix), err
+
+
+# --- batches as users run them ---------------------------------------------------------------------
+
+
+def _mixed_folder(tmp_path):
+    """Good PNG, good 16-bit TIFF, truncated PNG, empty file, text named .jpg."""
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).save(folder / "good.png")
+    tifffile = pytest.importorskip("tifffile")
+    tifffile.imwrite(folder / "sub" / "wide.tif", rng.integers(0, 65536, (8, 6, 3), dtype=np.uint16), photometric="rgb")
+    whole = folder / "good.png"
+    (folder / "truncated.png").write_bytes(whole.read_bytes()[:60])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is text, not a JPEG\n")
+    return folder
+
+
+def test_batch_keeps_going_past_bad_files(capsys, tiny_model, tmp_path):
+    folder = _mixed_folder(tmp_path)
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "upscale", folder, "-o", out, "--model", tiny_model)
+    assert code == 1  # something failed
+    assert "2 written, 3 failed, 0 skipped" in stdout
+    failures = [line for line in err.splitlines() if line.startswith("repsr: failed:")]
+    assert len(failures) == 3 and "Traceback" not in err
+    for name in ("truncated.png", "empty.png", "notes.jpg"):
+        assert any(name in line for line in failures), name
+    assert Image.open(out / "good.png").size == (10 * SCALE, 12 * SCALE)
+    wide = out / "sub" / "wide.png"  # .tif found in a subfolder, written as 16-bit PNG
+    assert read_image_file(wide).bit_depth == 16
+    assert sorted(p.name for p in out.rglob("*")) == ["good.png", "sub", "wide.png"]  # no partial files
+
+
+def test_existing_outputs_need_overwrite_or_skip(capsys, tiny_model, images, tmp_path):
+    out = tmp_path / "out"
+    assert run(capsys, "upscale", images, "-o", out, "--model", tiny_model)[0] == 0
+    (out / "a.png").write_bytes(b"the user's edit")
+    code, _, err = run(capsys, "upscale", images, "-o", out, "--model", tiny_model)
+    assert code == 2 and "already exist" in err and "--overwrite" in err and "--skip-existing" in err
+    assert (out / "a.png").read_bytes() == b"the user's edit"
+    (out / "b.png").unlink()
+    code, stdout, _ = run(capsys, "upscale", images, "-o", out, "--model", tiny_model, "--skip-existing")
+    assert code == 0 and "1 written, 0 failed, 1 skipped" in stdout
+    assert (out / "a.png").read_bytes() == b"the user's edit" and (out / "b.png").is_file()
+    code, _, _ = run(capsys, "upscale", images, "-o", out, "--model", tiny_model, "--overwrite")
+    assert code == 0 and Image.open(out / "a.png").size == upscaled_size("a")
+
+
+def test_output_folder_is_made(capsys, tiny_model, images, tmp_path):
+    target = tmp_path / "new" / "dir"
+    code, _, _ = run(capsys, "upscale", images / "a.png", "-o", f"{target}/", "--model", tiny_model)
+    assert code == 0 and Image.open(target / "a.png").size == upscaled_size("a")
+
+
+def test_single_bad_file_is_one_line_error(capsys, tiny_model, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG but not really")
+    code, _, err = run(capsys, "upscale", bad, "-o", tmp_path / "out.png", "--model", tiny_model)
+    assert code == 1 and err.startswith("repsr: error: cannot read image") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_pixel_limit_option(capsys, tiny_model, images, tmp_path):
+    argv = ["upscale", images / "a.png", "-o", tmp_path / "o.png", "--model", tiny_model]
+    code, _, err = run(capsys, *argv, "--max-pixels", "100")
+    assert code == 1 and "over the limit of 100" in err and "--max-pixels" in err
+    assert run(capsys, *argv, "--max-pixels", "100000")[0] == 0
+
+
+def test_bit_depth_quality_and_compare_with_alpha(capsys, tiny_model, tmp_path):
+    rgba = np.dstack([np.random.default_rng(4).integers(0, 256, (10, 12, 3), dtype=np.uint8),
+                      np.linspace(0, 255, 120).reshape(10, 12).astype(np.uint8)])
+    source = tmp_path / "logo.png"
+    Image.fromarray(rgba).save(source)
+    out = tmp_path / "logo_x2.png"
+    code, _, _ = run(capsys, "upscale", source, "-o", out, "--model", tiny_model, "--bit-depth", "16", "--compare")
+    assert code == 0
+    picture = read_image_file(out)
+    assert picture.bit_depth == 16 and picture.alpha is not None
+    compare = Image.open(tmp_path / "logo_x2_compare.png")
+    assert compare.mode == "RGBA" and compare.width == 2 * 24
+    code, _, err = run(capsys, "upscale", source, "-o", tmp_path / "x.jpg", "--model", tiny_model, "--bit-depth", "16")
+    assert code == 1 and "8 bits per channel" in err
+    code, _, err = run(capsys, "upscale", source, "-o", tmp_path / "q.jpg", "--model", tiny_model, "--quality", "50")
+    assert code == 0 and "alpha channel dropped" in err
+    assert run(capsys, "upscale", source, "-o", tmp_path / "z.jpg", "--quality", "101")[0] == 2
+
+
+# --- activation-less SRVGG files -------------------------------------------------------------------
+
+
+def _relu_srvgg(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    widths = [3, 8, 8, 3 * SCALE * SCALE]
+    state = {}
+    for k, (cin, cout) in enumerate(zip(widths[:-1], widths[1:])):
+        state[f"body.{2 * k}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * 0.2
+        state[f"body.{2 * k}.bias"] = torch.randn(cout, generator=g) * 0.1
+    path = tmp_path / "relu_srvgg.pth"
+    torch.save({"params": state}, path)
+    return path, state
+
+
+def _srvgg_relu_forward64(state, x):
+    y = x.double()
+    n = len(state) // 2
+    for k in range(n):
+        y = F.conv2d(y, state[f"body.{2 * k}.weight"].double(), state[f"body.{2 * k}.bias"].double(), padding=1)
+        if k < n - 1:
+            y = F.relu(y)
+    return F.pixel_shuffle(y, SCALE) + F.interpolate(x.double(), scale_factor=SCALE, mode="nearest")
+
+
+def test_act_option_for_srvgg_without_prelu(capsys, tmp_path):
+    path, state = _relu_srvgg(tmp_path)
+    code, _, err = run(capsys, "export", path, "-o", tmp_path / "guess.safetensors")
+    assert code == 2 and "--act relu or --act lrelu" in err and not (tmp_path / "guess.safetensors").exists()
+    code, _, _ = run(capsys, "export", path, "-o", tmp_path / "relu.safetensors", "--act", "relu",
+                     "--srvgg", tmp_path / "relu_prelu_form.pth")
+    assert code == 0
+    x = torch.rand(1, 3, 9, 7, generator=torch.Generator().manual_seed(6))
+    ref = _srvgg_relu_forward64(state, x)
+    for exported in ("relu.safetensors", "relu_prelu_form.pth"):
+        with torch.no_grad():
+            y = PlainSR.load(tmp_path / exported)(x).double()
+        assert ((y - ref).norm() / ref.norm()).item() < 1e-6, exported
+    fused = FusedSR.load(path, act="relu")
+    assert ((fused(x).double() - ref).norm() / ref.norm()).item() < 1e-6
+    with pytest.warns(UserWarning, match="assuming 'lrelu'"):
+        FusedSR.load(path)
+    image = tmp_path / "in.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(image)
+    code, _, err = run(capsys, "upscale", image, "-o", tmp_path / "out.png", "--model", path)
+    assert code == 0 and err.startswith("repsr: warning:") and "--act relu" in err  # one line, not a traceback
+    assert run(capsys, "upscale", image, "-o", tmp_path / "out2.png", "--model", path, "--act", "relu")[0] == 0
+
+
+# --- one-line errors -------------------------------------------------------------------------------
+
+
+def test_more_errors_are_one_line(capsys, tiny_model, images, tmp_path):
+    photo = images / "a.png"
+    code, _, err = run(capsys, "export", photo, "-o", tmp_path / "m.safetensors")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "weights_only=False" not in err
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    not_a_checkpoint = tmp_path / "run" / "checkpoints" / "last.pt"
+    not_a_checkpoint.write_bytes(b"junk" * 100)
+    code, _, err = run(capsys, "train", "--output", tmp_path / "run", "--resume", not_a_checkpoint)
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "not a repsr_ext training checkpoint" in err
+    code, _, err = run(capsys, "upscale", photo, "-o", tmp_path / "h.png", "--model", tiny_model, "--dtype", "float16",
+                       "--device", "cpu")
+    assert code == 1 and "float16 is not supported on cpu" in err
+
+
+def test_broken_pipe_is_quiet():
+    """`repsr info | head -0`: the reader is gone before the first write (closed here before the
+    interpreter has even imported torch), so every write fails with EPIPE."""
+    process = subprocess.Popen([sys.executable, "-m", "repsr_ext", "info"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    process.stdout.close()
+    _, err = process.communicate(timeout=120)
+    err = err.decode()
+    assert process.returncode == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err

@@ -19,13 +19,14 @@ import csv
 import os
 import sys
 import time
+import warnings
 from dataclasses import astuple, dataclass
 from glob import glob
 from pathlib import Path
 
 import torch
 
-from . import __version__, experiment, ops, train
+from . import __version__, experiment, images, ops, train
 from .data import (
     IMAGE_EXTENSIONS,
     bicubic_upscale,
@@ -35,13 +36,15 @@ from .data import (
     list_images,
     validation_images,
 )
-from .formats import DeployedFileError, export_onnx
+from .formats import DeployedFileError, GuessedActivationWarning, export_onnx
+from .images import ImageFileError
 from .fused import FusedSR
 from .metrics import psnr_ssim_y
 from .nets import PlainSR, RepSRNet, parse_preset
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 SHIPPED_SCALES = (2, 4)
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 ONNX_TOLERANCE = 1e-5
 
 
@@ -80,6 +83,13 @@ def image_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def quality(text: str) -> int:
+    value = positive_int(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"expected a quality from 1 to 100, got {text!r}")
+    return value
+
+
 def preset_name(text: str) -> str:
     try:
         parse_preset(text)
@@ -99,12 +109,18 @@ def shipped_model(scale: int) -> Path:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto``: CUDA when torch sees a GPU and the extension has CUDA kernels, else the CPU."""
+    """``auto``: CUDA when torch sees a GPU and the extension has CUDA kernels, else the CPU. On a
+    GPU model the kernels have not been validated on, says so on stderr."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() and ops.has_backend("cuda") else "cpu")
+        name = "cuda" if torch.cuda.is_available() and ops.has_backend("cuda") else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda, but torch sees no CUDA GPU")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        note = ops.cuda_validation_note(torch.cuda.get_device_name(device))
+        if note:
+            print(f"repsr: note: {note}", file=sys.stderr)
+    return device
 
 
 def plain_from_checkpoint(state: dict) -> PlainSR:
@@ -115,12 +131,12 @@ def plain_from_checkpoint(state: dict) -> PlainSR:
     return net.eval().reparameterize()
 
 
-def load_model(path) -> tuple[PlainSR, str]:
-    """A deployed file (repsr_ext or SRVGGNetCompact) or a training checkpoint as a PlainSR, and
-    where it came from, in words."""
+def load_model(path, act: str | None = None) -> tuple[PlainSR, str]:
+    """A deployed file (repsr_ext or SRVGGNetCompact; ``act`` for SRVGG files without PReLU
+    weights) or a training checkpoint as a PlainSR, and where it came from, in words."""
     path = Path(path)
     try:
-        return PlainSR.load(path), "deployed file"
+        return PlainSR.load(path, act=act), "deployed file"
     except DeployedFileError as not_deployed:
         try:
             state = train.load_checkpoint(path)
@@ -130,12 +146,12 @@ def load_model(path) -> tuple[PlainSR, str]:
     return plain_from_checkpoint(state), f"training checkpoint, iteration {state['iteration']}, {weights}"
 
 
-def load_model_for_scale(model: str | None, scale: int | None) -> PlainSR:
+def load_model_for_scale(model: str | None, scale: int | None, act: str | None = None) -> PlainSR:
     """``--model`` if given (its scale must match an explicit ``--scale``), else the shipped model
     for ``--scale`` (default 4)."""
     if model is None:
         return load_model(shipped_model(scale or 4))[0]
-    plain = load_model(model)[0]
+    plain = load_model(model, act)[0]
     if scale is not None and plain.scale != scale:
         raise UsageError(f"--scale {scale} but {model} is an x{plain.scale} model")
     return plain
@@ -192,7 +208,14 @@ def run_export(args) -> int:
     outputs = [Path(p) for p in (args.output, args.onnx, args.srvgg) if p]
     if any(is_same_file(out, source) for out in outputs):
         raise UsageError(f"refusing to overwrite the input {source}: choose another output path")
-    plain, origin = load_model(source)
+    with warnings.catch_warnings():
+        # An SRVGG file without PReLU weights is ReLU or LeakyReLU: a guess must not be baked
+        # into the deployed file.
+        warnings.simplefilter("error", GuessedActivationWarning)
+        try:
+            plain, origin = load_model(source, args.act)
+        except GuessedActivationWarning as e:
+            raise UsageError(f"{e}; export needs to know: pass --act relu or --act lrelu") from None
     print(f"{source}: {origin}; {describe(plain)}")
     plain.save(args.output)
     print(f"wrote {args.output}")
@@ -208,9 +231,16 @@ def run_export(args) -> int:
 # --- upscale --------------------------------------------------------------------------------------
 
 
+@dataclass
+class UpscaleJob:
+    source: Path
+    target: Path
+
+
 def collect_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
     """``(image path, output path relative to an output folder)`` for each INPUT: a file, a folder
-    (searched recursively, subfolders kept) or a glob. Outputs are PNG, which is lossless."""
+    (searched recursively, subfolders kept, every extension PIL reads) or a glob. Outputs in a
+    folder are PNG: lossless, and it holds 16 bits and alpha."""
     jobs = []
     for pattern in patterns:
         path = Path(pattern)
@@ -226,7 +256,7 @@ def collect_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
         else:
             raise FileNotFoundError(f"input not found: {pattern}")
     if not jobs:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {' '.join(patterns)}")
+        raise FileNotFoundError(f"no image files in {' '.join(patterns)}")
     return jobs
 
 
@@ -235,64 +265,93 @@ def compare_path(output: Path) -> Path:
 
 
 def side_by_side(image, upscaled, scale: int):
-    """Bicubic upscaling (PIL) of ``image`` | ``upscaled``, under a strip that labels them."""
+    """Bicubic upscaling (PIL) of ``image`` | ``upscaled``, under a strip that labels them. With an
+    alpha channel the canvas is RGBA (transparent where the images are), labels on white."""
     from PIL import Image, ImageDraw
 
+    has_alpha = "A" in image.getbands() or "A" in upscaled.getbands()
+    mode = "RGBA" if has_alpha else "RGB"
     width, height = upscaled.size
     label_height = 16
-    bicubic = image.convert("RGB").resize(upscaled.size, Image.BICUBIC)
-    canvas = Image.new("RGB", (2 * width, height + label_height), "white")
+    bicubic = image.convert(mode).resize(upscaled.size, Image.BICUBIC)
+    canvas = Image.new(mode, (2 * width, height + label_height), (255, 255, 255, 0) if has_alpha else "white")
     canvas.paste(bicubic, (0, label_height))
-    canvas.paste(upscaled.convert("RGB"), (width, label_height))
+    canvas.paste(upscaled.convert(mode), (width, label_height))
     draw = ImageDraw.Draw(canvas)
+    draw.rectangle((0, 0, 2 * width, label_height - 1), fill="white")
     draw.text((4, 2), f"bicubic x{scale}", fill="black")
     draw.text((width + 4, 2), f"RepSR x{scale}", fill="black")
     return canvas
 
 
 def run_upscale(args) -> int:
-    from PIL import Image
     from tqdm import tqdm
 
     if args.inputs:  # arguments are checked before the model is loaded
         if args.output is None:
             raise UsageError("upscale needs -o OUTPUT (a file for one input image, else a folder)")
-        sources, targets = plan_outputs(args.inputs, Path(args.output), args.compare)
-    fused = FusedSR(load_model_for_scale(args.model, args.scale), device=resolve_device(args.device))
+        jobs = plan_outputs(args.inputs, args.output, args.compare)
+        jobs, skipped = existing_outputs(jobs, args)
+    fused = FusedSR(load_model_for_scale(args.model, args.scale, args.act), device=resolve_device(args.device),
+                    dtype=DTYPES[args.dtype])
     if not args.inputs:
         return upscale_demo(fused, args)
-    for source, target in zip(tqdm(sources, unit="image", disable=None), targets):  # no bar unless a terminal
-        upscaled = fused.upscale(source, tile=args.tile)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        upscaled.save(target)
-        if args.compare:
-            with Image.open(source) as image:
-                side_by_side(image, upscaled, fused.scale).save(compare_path(target))
-    written = targets[0] if targets == [Path(args.output)] else f"{len(targets)} images in {args.output}"
-    print(f"wrote {written} (x{fused.scale}, {fused.device})")
-    return 0
-
-
-def plan_outputs(inputs: list[str], output: Path, compare: bool) -> tuple[list[Path], list[Path]]:
-    """The input images and where each goes: ``output`` itself for one input file (unless it is a
-    folder), else a PNG under the folder ``output``."""
-    jobs = collect_inputs(inputs)
-    if len(inputs) == 1 and Path(inputs[0]).is_file() and not output.is_dir():
-        if output.suffix.lower() not in IMAGE_EXTENSIONS:
-            raise UsageError(f"output {output} is neither an existing folder nor an image file name "
-                             f"({', '.join(IMAGE_EXTENSIONS)})")
-        targets = [output]
+    written, failed = 0, []
+    progress = tqdm(jobs, unit="image", disable=True if args.no_progress else None)  # no bar unless a terminal
+    for job in progress:
+        try:
+            upscale_one(fused, job, args)
+            written += 1
+        except (ImageFileError, FileNotFoundError, ValueError, OSError) as e:
+            if len(jobs) == 1 and not skipped:
+                raise  # one input: its error is the command's error
+            failed.append(job.source)
+            progress.write(f"repsr: failed: {' '.join(str(e).split())}", file=sys.stderr)
+    if len(jobs) + len(skipped) == 1 and written == 1:
+        print(f"wrote {jobs[0].target} (x{fused.scale}, {fused.device})")
     else:
-        targets = [output / relative for _, relative in jobs]
-    sources = [source for source, _ in jobs]
-    check_targets(sources, targets, compare)
-    return sources, targets
+        print(f"{written} written, {len(failed)} failed, {len(skipped)} skipped (existing) in {args.output} "
+              f"(x{fused.scale}, {fused.device})")
+    return 1 if failed else 0
 
 
-def check_targets(sources: list[Path], targets: list[Path], compare: bool) -> None:
+def upscale_one(fused: FusedSR, job: UpscaleJob, args) -> None:
+    job.target.parent.mkdir(parents=True, exist_ok=True)
+    source, result, notes = fused.upscale_file_pictures(
+        job.source, job.target, tile=args.tile, bit_depth=args.bit_depth, quality=args.quality,
+        max_pixels=args.max_pixels,
+    )
+    for note in notes:
+        print(f"repsr: note: {note}", file=sys.stderr)
+    if args.compare:
+        images.write_image_file(compare_path(job.target),
+                                images.Picture.from_pil(side_by_side(source.to_pil(), result.to_pil(), fused.scale)))
+
+
+def plan_outputs(inputs: list[str], output: str, compare: bool) -> list[UpscaleJob]:
+    """The input images and where each goes: ``output`` itself for one input file (unless it is a
+    folder: existing, ending in '/', or without an extension), else a PNG under the folder
+    ``output``, which is created."""
+    jobs = collect_inputs(inputs)
+    target = Path(output)
+    as_folder = target.is_dir() or output.endswith(("/", os.sep)) or not target.suffix
+    if len(inputs) == 1 and Path(inputs[0]).is_file() and not as_folder:
+        if target.suffix.lower() not in images.writable_extensions():
+            raise UsageError(f"output {target}: {target.suffix} is not an image format this PIL writes; "
+                             "use .png, .jpg, .webp, .tif, ... or a folder")
+        planned = [UpscaleJob(jobs[0][0], target)]
+    else:
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"output {target} is a file; several outputs need a folder")
+        planned = [UpscaleJob(source, target / relative) for source, relative in jobs]
+    check_targets(planned, compare)
+    return planned
+
+
+def check_targets(jobs: list[UpscaleJob], compare: bool) -> None:
     """Refuses outputs that would overwrite an input or each other."""
-    written = targets + ([compare_path(t) for t in targets] if compare else [])
-    inputs = {source.resolve() for source in sources}
+    written = [j.target for j in jobs] + ([compare_path(j.target) for j in jobs] if compare else [])
+    inputs = {job.source.resolve() for job in jobs}
     seen = set()
     for target in written:
         resolved = target.resolve()
@@ -303,6 +362,23 @@ def check_targets(sources: list[Path], targets: list[Path], compare: bool) -> No
         seen.add(resolved)
 
 
+def existing_outputs(jobs: list[UpscaleJob], args) -> tuple[list[UpscaleJob], list[UpscaleJob]]:
+    """(jobs to run, jobs skipped): outputs that exist are replaced only with --overwrite, kept with
+    --skip-existing, and otherwise stop the command before anything is written."""
+    def exists(job):
+        return job.target.exists() or (args.compare and compare_path(job.target).exists())
+
+    present = [job for job in jobs if exists(job)]
+    if not present or args.overwrite:
+        return jobs, []
+    if args.skip_existing:
+        return [job for job in jobs if not exists(job)], present
+    first = present[0].target if present[0].target.exists() else compare_path(present[0].target)
+    more = f" and {len(present) - 1} more" if len(present) > 1 else ""
+    raise UsageError(f"{first}{more} already exist(s): pass --overwrite to replace, "
+                     "or --skip-existing to keep them and do the rest")
+
+
 def upscale_demo(fused: FusedSR, args) -> int:
     """No INPUT: upscale a held-out photograph that ships with scikit-image (never trained on)."""
     from PIL import Image
@@ -311,11 +387,11 @@ def upscale_demo(fused: FusedSR, args) -> int:
     image = Image.fromarray(photo)
     output = Path(args.output or f"repsr_demo_x{fused.scale}.png")
     upscaled = fused.upscale(image, tile=args.tile)
-    upscaled.save(output)
+    images.write_image_file(output, images.Picture.from_pil(upscaled), quality=args.quality)
     print(f"wrote {output}: the held-out photograph {name!r} "
           f"({image.width}x{image.height} -> {upscaled.width}x{upscaled.height})")
     if args.compare:
-        side_by_side(image, upscaled, fused.scale).save(compare_path(output))
+        images.write_image_file(compare_path(output), images.Picture.from_pil(side_by_side(image, upscaled, fused.scale)))
         print(f"wrote {compare_path(output)}: bicubic | RepSR")
     return 0
 
@@ -343,8 +419,8 @@ def evaluate(fused: FusedSR, hr_image) -> Scores:
 
 
 def run_eval(args) -> int:
-    plain = load_model_for_scale(args.model, args.scale)
-    fused = FusedSR(plain, device=resolve_device(args.device))
+    plain = load_model_for_scale(args.model, args.scale, args.act)
+    fused = FusedSR(plain, device=resolve_device(args.device), dtype=DTYPES[args.dtype])
     scale = fused.scale
     header = ["image", "size", "bicubic PSNR", "bicubic SSIM", "RepSR PSNR", "RepSR SSIM", "gain dB"]
     rows, results = [], []
@@ -455,10 +531,17 @@ def run_info(args) -> int:
     else:
         build = ops.build_info
         info["built against"] = f"torch {build.TORCH_VERSION}, CUDA {build.CUDA_VERSION or 'none'}"
-        info["backends"] = ", ".join(build.BACKENDS)
+        info["build decision"] = getattr(build, "BUILD_DECISION", "not recorded (built by an older setup.py)")
+        info["backends"] = ", ".join(ops.backends()) + " (kernels registered with the dispatcher)"
         info["CPU ISA"] = ops.cpu_isa()
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     info["CUDA devices"] = "; ".join(f"{i}: {n}" for i, n in enumerate(gpus)) or "none"
+    info["CUDA kernels validated on"] = (", ".join(ops.VALIDATED_CUDA_DEVICES)
+                                         or "no GPU yet (run in CI on a CPU emulator of CUDA only)")
+    for name in gpus:
+        note = ops.cuda_validation_note(name)
+        if note:
+            info[f"note ({name})"] = note
     info["threads"] = f"{torch.get_num_threads()} (of {os.cpu_count()} CPUs)"
     for scale in SHIPPED_SCALES:
         path = MODELS_DIR / f"repsr_m4c16_x{scale}.safetensors"
@@ -493,20 +576,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", metavar="OUT.onnx", help="also write ONNX (checked with ONNX Runtime when installed)")
     p.add_argument("--srvgg", metavar="OUT.pth",
                    help="also write a Real-ESRGAN SRVGGNetCompact state dict (.pth or .safetensors)")
+    add_act_option(p)
     p.set_defaults(run=run_export)
 
     p = command("upscale", "Upscale images with the fused engine. Without INPUT, upscales a held-out photograph "
                            "that ships with scikit-image.")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="image file, folder (searched recursively) or glob such as 'photos/*.jpg'")
+                   help="image file, folder (searched recursively; every format PIL reads) or glob such as "
+                        "'photos/*.jpg'")
     p.add_argument("-o", "--output", metavar="OUTPUT",
-                   help="output file for one input file, else a folder (created; PNG files named after the inputs); "
-                        "without INPUT: default repsr_demo_x<scale>.png")
+                   help="output file for one input file (format by extension), else a folder (created; PNG files "
+                        "named after the inputs); without INPUT: default repsr_demo_x<scale>.png")
     add_model_options(p)
     p.add_argument("--tile", type=positive_int, metavar="N",
-                   help="process N x N input tiles (the same result, less memory)")
+                   help="process N x N input tiles: the same result, with the network's working memory bounded "
+                        "by the tile (the whole output is still held); keep N well above the network's depth")
     p.add_argument("--compare", action="store_true",
                    help="also write <name>_compare.png: bicubic | RepSR side by side")
+    p.add_argument("--bit-depth", type=int, choices=(8, 16), default=None,
+                   help="bits per channel of the output (default: the input's; 16 needs .png or .tif)")
+    p.add_argument("--quality", type=quality, default=None, metavar="Q",
+                   help="JPEG / WebP quality 1-100 (default: 95)")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--overwrite", action="store_true", help="replace outputs that already exist")
+    existing.add_argument("--skip-existing", action="store_true",
+                          help="keep outputs that already exist and do the rest (resumes a batch)")
+    p.add_argument("--max-pixels", type=positive_int, default=images.DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse input images of more than N pixels (default: {images.DEFAULT_MAX_PIXELS:,}, "
+                        "PIL's decompression-bomb limit)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run_upscale)
 
     p = command("eval", "PSNR/SSIM (Y channel, border = scale) of a model against bicubic upscaling, per image "
@@ -547,11 +645,24 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                    help="which shipped model to use (default: 4); with --model it must match the model")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="auto: cuda when a GPU is available and the extension has CUDA kernels (default)")
+    p.add_argument("--dtype", default="float32", choices=tuple(DTYPES),
+                   help="compute type on CUDA (float16 / bfloat16 run on tensor cores); the CPU runs float32")
+    add_act_option(p)
+
+
+def add_act_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--act", choices=("relu", "lrelu", "prelu"), default=None,
+                   help="activation of an SRVGGNetCompact file without PReLU weights, which cannot tell ReLU "
+                        "from LeakyReLU(0.1) (default there: lrelu, with a warning)")
 
 
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
 _USAGE_ERRORS = (UsageError, FileNotFoundError)
 _RUNTIME_ERRORS = (ValueError, TypeError, RuntimeError, OSError)  # DeployedFileError is a ValueError
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"repsr: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -564,13 +675,22 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help and --version
         return e.code if isinstance(e.code, int) else 0
     try:
-        if args.command == "train":
-            # Global options are flags, so the first "train" is the command and the rest is train's.
-            return train.main(argv[argv.index("train") + 1:], prog="repsr train")
-        return args.run(args)
+        with warnings.catch_warnings():
+            if not args.debug:
+                warnings.showwarning = _one_line_warning
+            if args.command == "train":
+                # Global options are flags, so the first "train" is the command and the rest is train's.
+                return train.main(argv[argv.index("train") + 1:], prog="repsr train")
+            return args.run(args)
     except KeyboardInterrupt:
         print("repsr: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`repsr info | head`): stop quietly, as other tools do; point
+        # stdout at /dev/null so that the interpreter's final flush does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except _USAGE_ERRORS + _RUNTIME_ERRORS as e:
         if args.debug:
             raise
