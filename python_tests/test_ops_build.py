@@ -75,3 +75,73 @@ def test_missing_build_is_reported():
     )
     assert result.returncode == 0, result.stderr
     assert "raised: True" in result.stdout
+
+
+def test_backends_come_from_the_dispatcher(monkeypatch):
+    """A stale build record cannot make has_backend claim kernels the dispatcher lacks."""
+    has_cuda_kernels = torch._C._dispatch_has_kernel_for_dispatch_key("repsr_ext::fused_sr", "CUDA")
+    monkeypatch.setattr(ops.build_info, "BACKENDS", ("cpu", "cuda"))
+    assert ops.has_backend("cuda") == has_cuda_kernels
+    assert ops.has_backend("cpu") and "cpu" in ops.backends()
+    monkeypatch.setattr(ops.build_info, "BACKENDS", ("cpu",))
+    assert ops.has_backend("cuda") == has_cuda_kernels
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _setup_copy(tmp_path):
+    """The tracked sources (setup.py, csrc/, repsr_ext/ without build products) in a fresh folder."""
+    import shutil
+
+    copy = tmp_path / "src"
+    shutil.copytree(REPO, copy, ignore=shutil.ignore_patterns(
+        ".git", "build", "*.so", "_build_info.py", "__pycache__", "experiments", "*.egg-info", "benchmarks"))
+    return copy
+
+
+def _setup(copy, *args, **env):
+    import os
+
+    full_env = {**os.environ, "MAX_JOBS": "1", **env}
+    return subprocess.run([sys.executable, "setup.py", *args], cwd=copy, capture_output=True, text=True,
+                          timeout=600, env=full_env)
+
+
+def test_failed_build_writes_no_build_info(tmp_path):
+    copy = _setup_copy(tmp_path)
+    # A compiler that answers --version like g++ and fails every compile at once.
+    broken = tmp_path / "broken-c++"
+    broken.write_text('#!/bin/sh\nif [ "$1" = --version ]; then exec g++ --version; fi\n'
+                      'echo "simulated compile error" >&2\nexit 1\n')
+    broken.chmod(0o755)
+    result = _setup(copy, "build_ext", "--inplace", FORCE_CUDA="0", CXX=str(broken), CC=str(broken))
+    assert result.returncode != 0
+    assert "simulated compile error" in result.stdout + result.stderr
+    assert not (copy / "repsr_ext" / "_build_info.py").exists(), "a failed build must not claim a build"
+
+
+def test_force_cuda_with_cpu_torch_names_the_problem(tmp_path):
+    if torch.version.cuda is not None:
+        import pytest
+
+        pytest.skip("torch is a CUDA build here")
+    result = _setup(_setup_copy(tmp_path), "--name", FORCE_CUDA="1")
+    assert result.returncode != 0
+    assert "is a CPU build" in result.stderr + result.stdout and "CUDA_HOME" not in result.stderr
+
+
+def test_nvcc_wrapper_without_headers_is_not_taken_for_cuda(tmp_path):
+    import pytest
+
+    if torch.version.cuda is None:
+        pytest.skip("needs a CUDA build of torch (CI's CUDA step)")
+    fake = tmp_path / "fakecuda"
+    (fake / "bin").mkdir(parents=True)
+    (fake / "bin" / "nvcc").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "bin" / "nvcc").chmod(0o755)
+    copy = _setup_copy(tmp_path)
+    decided = _setup(copy, "--name", CUDA_HOME=str(fake), FORCE_CUDA="")
+    assert decided.returncode == 0 and "CPU-only" in decided.stdout and "cuda_runtime.h" in decided.stdout
+    forced = _setup(copy, "--name", CUDA_HOME=str(fake), FORCE_CUDA="1")
+    assert forced.returncode != 0 and "cuda_runtime.h" in forced.stderr + forced.stdout

@@ -56,8 +56,34 @@ def require_extension() -> None:
         raise RuntimeError(_load_error)
 
 
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
+
+
 def has_backend(device_type: str) -> bool:
-    return _load_error is None and device_type in build_info.BACKENDS
+    """Whether the loaded extension has kernels for ``device_type``, as the dispatcher says (not
+    only as the build record says: that could describe another build)."""
+    key = _DISPATCH_KEYS.get(device_type)
+    return (_load_error is None and key is not None
+            and torch._C._dispatch_has_kernel_for_dispatch_key("repsr_ext::fused_sr", key))
+
+
+def backends() -> tuple[str, ...]:
+    return tuple(d for d in _DISPATCH_KEYS if has_backend(d))
+
+
+# GPU models on which python_tests/test_cuda.py has passed against the float64 reference (a
+# device run records them; benchmarks/RESULTS.md). Until then the CUDA kernels have run only on
+# the CPU emulator (csrc/cuda/README.md, "Emulation").
+VALIDATED_CUDA_DEVICES: tuple[str, ...] = ()
+
+
+def cuda_validation_note(device_name: str) -> str | None:
+    """A warning for a GPU model the CUDA kernels have not been validated on, or None."""
+    if any(model in device_name for model in VALIDATED_CUDA_DEVICES):
+        return None
+    where = ", ".join(VALIDATED_CUDA_DEVICES) or "no GPU yet (only on a CPU emulator of CUDA)"
+    return (f"the CUDA kernels have not been validated on {device_name}: they have run on {where}; "
+            "compare with --device cpu if in doubt")
 
 
 def cpu_isa() -> str:
