@@ -60,16 +60,94 @@ __device__ __forceinline__ void store_image_if(bool pred, const ImageRef& im, in
   }
 }
 
-// The tail's epilogue for one tail-conv value `v` (bias included) of tail channel `co` at
-// low-resolution pixel (y, x) of image n: pixel shuffle, residual, clamp, store. Does nothing
-// unless `pred`, which the caller sets only for pixels inside the image and co < the tail's cout.
-__device__ __forceinline__ void tail_store_if(bool pred, const SegmentParams& p, int64_t n,
-                                              int64_t y, int64_t x, int co, float v) {
-  const ShuffleTarget t = shuffle_target(co, p.scale);
-  if (p.residual) v += load_image_if(pred, p.image, n, t.c, y, x);
+// ---- The tail epilogue (tiling.cuh, "Tail staging") ------------------------------------------------
+// Where the block's tail output tile is staged: the shared-memory buffer, its layout, the tile.
+struct TailTarget {
+  char* stage = nullptr;
+  TailStage layout;
+  int out_c = 0, elem = 4;
+};
+
+__device__ __forceinline__ TailTarget tail_target(const SegmentParams& p, void* stage) {
+  TailTarget t;
+  t.stage = static_cast<char*>(stage);
+  t.out_c = static_cast<int>(p.out.c);
+  t.elem = dtype_bytes(p.out.dtype);
+  t.layout = tail_stage(p.grid.th, p.grid.tw, p.scale, t.out_c, t.elem);
+  return t;
+}
+
+// One tail-conv value `v` (bias included) of tail channel `co` at tile pixel (py, px), which is
+// image pixel (y, x) of image n: residual, clamp, conversion to the output's element type, into
+// the staging. Does nothing unless `pred` (pixel inside the image and co < the tail's cout).
+__device__ __forceinline__ void tail_stage_if(bool pred, const SegmentParams& p, const TailTarget& t,
+                                              int64_t n, int64_t y, int64_t x, int py, int px, int co,
+                                              float v) {
+  const ShuffleTarget s = shuffle_target(co, p.scale);
+  if (p.residual) v += load_image_if(pred, p.image, n, s.c, y, x);
   if (p.clamp) v = fminf(fmaxf(v, 0.0f), 1.0f);
-  const int64_t oy = y * p.scale + t.i, ox = x * p.scale + t.j;
-  store_image_if(pred, p.out, pred ? image_offset(p.out, n, t.c, oy, ox) : 0, v);
+  const int64_t off = pred ? tail_stage_offset(t.layout, p.scale, t.elem, co, py, px) : 0;
+  switch (p.out.dtype) {
+    case DType::kFloat32:
+      st_shared_if(pred, reinterpret_cast<float*>(t.stage + off), v);
+      break;
+    case DType::kFloat16: {
+      const __half h = __float2half_rn(v);
+      st_shared_if(pred, reinterpret_cast<uint16_t*>(t.stage + off), *reinterpret_cast<const uint16_t*>(&h));
+      break;
+    }
+    case DType::kBFloat16: {
+      const __nv_bfloat16 h = __float2bfloat16_rn(v);
+      st_shared_if(pred, reinterpret_cast<uint16_t*>(t.stage + off), *reinterpret_cast<const uint16_t*>(&h));
+      break;
+    }
+    case DType::kUInt8: {
+      const float clamped = fminf(fmaxf(v, 0.0f), 1.0f);  // NaN -> 0; round half to even
+      st_shared_if(pred, reinterpret_cast<uint8_t*>(t.stage + off),
+                   static_cast<uint8_t>(__float2int_rn(clamped * 255.0f)));
+      break;
+    }
+  }
+}
+
+// The staged tile (in-image part) to the output in the output's memory order: output rows of one
+// channel (NCHW), or of all channels interleaved (NHWC / channels_last); consecutive threads take
+// consecutive elements, which are consecutive in memory.
+template <typename E>
+__device__ void write_tail_rows(const SegmentParams& p, const TailTarget& t, const TileCoord& tile) {
+  const int r = p.scale;
+  const int rows = static_cast<int>(imin64(p.grid.th, p.height - tile.y0)) * r;  // per channel
+  const int cols = static_cast<int>(imin64(p.grid.tw, p.width - tile.x0)) * r;
+  const bool interleaved = is_channels_last(p.out);
+  const int row_len = interleaved ? cols * t.out_c : cols;
+  const int row_count = interleaved ? rows : rows * t.out_c;
+  const int64_t oy0 = tile.y0 * r, ox0 = tile.x0 * r;
+  E* out = static_cast<E*>(p.out.data);
+  for (int i = threadIdx.x; i < row_count * row_len; i += kThreads) {
+    const int row = i / row_len, e = i - row * row_len;
+    int c, oy, ox;
+    if (interleaved) {
+      oy = row;
+      ox = e / t.out_c;
+      c = e - ox * t.out_c;
+    } else {
+      c = row / rows;
+      oy = row - c * rows;
+      ox = e;
+    }
+    const char* src = t.stage + c * t.layout.channel_pitch + int64_t{oy} * t.layout.pitch + int64_t{ox} * sizeof(E);
+    st_global(out + image_offset(p.out, tile.n, c, oy0 + oy, ox0 + ox), ld_shared(reinterpret_cast<const E*>(src)));
+  }
+}
+
+__device__ __forceinline__ void write_tail_stage(const SegmentParams& p, const TailTarget& t,
+                                                 const TileCoord& tile) {
+  if (t.elem == 1)
+    write_tail_rows<uint8_t>(p, t, tile);
+  else if (t.elem == 2)
+    write_tail_rows<uint16_t>(p, t, tile);
+  else
+    write_tail_rows<uint32_t>(p, t, tile);
 }
 
 // The slope array is padded to the allocated channels, so every lane may load it: no divergence.

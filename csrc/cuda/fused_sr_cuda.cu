@@ -88,15 +88,6 @@ bool is_float(DType t) {
   return t == DType::kFloat32 || t == DType::kFloat16 || t == DType::kBFloat16;
 }
 
-int element_bytes(DType t) {
-  switch (t) {
-    case DType::kFloat32: return 4;
-    case DType::kFloat16:
-    case DType::kBFloat16: return 2;
-    case DType::kUInt8: return 1;
-  }
-  return 4;
-}
 
 const char* check_args(const Net& net, const ImageRef& in, const ImageRef& out, DType compute) {
   // validate() (fused_sr_common.cpp) knows the CPU's image types; fp16/bf16 images have the same
@@ -127,8 +118,8 @@ ChainShape chain_shape(const Net& net, const ImageRef& in, const ImageRef& out, 
   s.h = in.h;
   s.w = in.w;
   s.scale = net.scale;
-  s.in_bytes = element_bytes(in.dtype);
-  s.out_bytes = element_bytes(out.dtype);
+  s.in_bytes = dtype_bytes(in.dtype);
+  s.out_bytes = dtype_bytes(out.dtype);
   s.residual = net.residual;
   return s;
 }

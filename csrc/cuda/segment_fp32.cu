@@ -49,7 +49,7 @@ __device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl
 // float4 loads that the warp shares (items of a warp mostly have the same channel group).
 // Neighbouring threads take neighbouring columns: conflict-free shared-memory access.
 // Non-tail: results go to `out` (plane pout's layout), zero outside the image. Tail: each value
-// goes through tail_store (pixel shuffle, residual, clamp) to global memory instead.
+// goes through tail_stage_if (pixel shuffle, residual, clamp) into the staging in `out`.
 __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, int64_t n,
                                const float* in, const Plane& pin, float* out, const Plane& pout,
                                bool tail) {
@@ -60,6 +60,7 @@ __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, in
   const int in_cs = pin.rows * pin.cols;    // channel stride of the input plane
   const int out_cs = pout.rows * pout.cols;
   const float* weight = static_cast<const float*>(layer.weight);
+  const TailTarget staging = tail ? tail_target(p, out) : TailTarget{};  // the tail's `out` is the staging
 
   for (int item = threadIdx.x; item < items; item += kThreads) {
     const int x = item % pout.cols;
@@ -115,7 +116,7 @@ __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, in
         const bool ok = row_ok && co < cout;
         const float v = activate(acc[r][c] + __ldg(layer.bias + co), layer.slope, co);
         if (tail)
-          tail_store_if(ok && inside, p, n, iy, ix, co, v);
+          tail_stage_if(ok && inside, p, staging, n, iy, ix, y, x, co, v);
         else  // outside the image: the next layer's zero padding
           st_shared_if(ok, out + (ok ? co * out_cs + y * pout.cols + x : 0), inside ? v : 0.0f);
       }
@@ -143,9 +144,11 @@ __global__ void __launch_bounds__(kThreads, 2)
     f32_conv_layer(p, p.layers[j], tile.n, odd ? buf1 : buf0, pin, odd ? buf0 : buf1, pout, tail);
     __syncthreads();  // plane j + 1 complete before anyone reads it; plane j free for reuse
   }
-  if (!p.is_tail)
-    f32_store_map(p, tile.n, segment_plane(k, k, th, tw, tile.y0, tile.x0), p.layers[k - 1].cout,
-                  k % 2 != 0 ? buf1 : buf0);
+  float* const last = k % 2 != 0 ? buf1 : buf0;  // plane k, or the tail's staging
+  if (p.is_tail)
+    write_tail_stage(p, tail_target(p, last), tile);
+  else
+    f32_store_map(p, tile.n, segment_plane(k, k, th, tw, tile.y0, tile.x0), p.layers[k - 1].cout, last);
 }
 
 }  // namespace

@@ -40,7 +40,7 @@ __device__ void load_plane_from_image(const SegmentParams& p, int64_t n, const P
 }
 
 // Plane 0 from the previous segment's NHWC map (tc_channels(cin) channels per pixel, already zero
-// in the padding): 16-byte chunks, chunk-fastest so a warp reads contiguous pixels.
+// in the padding): 16-byte chunks in tc_chunk_item order (conflict-free, whole sectors).
 template <typename T>
 __device__ void load_plane_from_map(const SegmentParams& p, int64_t n, const Plane& pl, int cin,
                                     T* dst) {
@@ -48,15 +48,19 @@ __device__ void load_plane_from_map(const SegmentParams& p, int64_t n, const Pla
   const int cpad = tc_channels(cin), stride = tc_pixel_stride(cin);
   const int chunks = cpad / 8;
   const T* map = static_cast<const T*>(p.map_in);
-  for (int i = threadIdx.x; i < pixels * chunks; i += kThreads) {
-    const int pix = i / chunks, chunk = i - pix * chunks;
-    const int py = pix / pl.cols, px = pix - py * pl.cols;
+  const int items = static_cast<int>(tc_chunk_items(pixels, chunks));
+  for (int i = threadIdx.x; i < items; i += kThreads) {
+    int pix, chunk;
+    tc_chunk_item(i, chunks, &pix, &chunk);
+    const bool real = pix < pixels;
+    const int q = real ? pix : 0;
+    const int py = q / pl.cols, px = q - py * pl.cols;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = in_image(y, x, p.height, p.width);
+    const bool inside = real && in_image(y, x, p.height, p.width);
     const uint4* src =
         reinterpret_cast<const uint4*>(map + (inside ? tc_map_offset(n, y, x, p.height, p.width, cpad) : 0)) + chunk;
-    st_shared(reinterpret_cast<uint4*>(dst + pix * stride + chunk * 8),
-              ld_global_if(inside, src, make_uint4(0, 0, 0, 0)));
+    st_shared_if(real, reinterpret_cast<uint4*>(dst + q * stride + chunk * 8),
+                 ld_global_if(inside, src, make_uint4(0, 0, 0, 0)));
   }
 }
 
@@ -68,17 +72,21 @@ __device__ void store_plane_to_map(const SegmentParams& p, int64_t n, const Plan
   const int cpad = tc_channels(cout), stride = tc_pixel_stride(cout);
   const int chunks = cpad / 8;
   T* map = static_cast<T*>(p.map_out);
-  for (int i = threadIdx.x; i < pixels * chunks; i += kThreads) {
-    const int pix = i / chunks, chunk = i - pix * chunks;
-    const int py = pix / pl.cols, px = pix - py * pl.cols;
+  const int items = static_cast<int>(tc_chunk_items(pixels, chunks));
+  for (int i = threadIdx.x; i < items; i += kThreads) {
+    int pix, chunk;
+    tc_chunk_item(i, chunks, &pix, &chunk);
+    const bool real = pix < pixels;
+    const int q = real ? pix : 0;
+    const int py = q / pl.cols, px = q - py * pl.cols;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = in_image(y, x, p.height, p.width);
+    const bool inside = real && in_image(y, x, p.height, p.width);
     uint4* dst = reinterpret_cast<uint4*>(map + (inside ? tc_map_offset(n, y, x, p.height, p.width, cpad) : 0)) + chunk;
-    st_global_if(inside, dst, ld_shared(reinterpret_cast<const uint4*>(src + pix * stride + chunk * 8)));
+    st_global_if(inside, dst, ld_shared(reinterpret_cast<const uint4*>(src + q * stride + chunk * 8)));
   }
 }
 
-// One conv layer, plane pin -> plane pout (or, for the tail, -> global output). NT = n8 tiles per
+// One conv layer, plane pin -> plane pout (or, for the tail, -> the output staging in `out`). NT = n8 tiles per
 // warp unit (tc_warp_ntiles(cout)); a unit is kTcWarpPixels pixels x 8 * NT channels, and warps
 // take units round-robin (consecutive warps share a channel block, so they read the same weights).
 template <typename T, int NT>
@@ -99,6 +107,7 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
   const uint32_t in_base = smem_address(in);
   const uint4* weight = static_cast<const uint4*>(layer.weight);
   const int64_t kc_stride = int64_t{pairs} * 32;  // uint4s per k16 step
+  const TailTarget staging = tail ? tail_target(p, out) : TailTarget{};  // the tail's `out` is the staging
 
   for (int unit = warp; unit < m_blocks * n_blocks; unit += kWarps) {
     const int mb = unit % m_blocks, nb = unit / m_blocks;
@@ -179,8 +188,8 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
           float v0 = activate(acc[mt][nt][2 * h] + bias.x, layer.slope, co);
           float v1 = activate(acc[mt][nt][2 * h + 1] + bias.y, layer.slope, co + 1);
           if (tail) {
-            tail_store_if(valid && inside && co < layer.cout, p, n, iy, ix, co, v0);
-            tail_store_if(valid && inside && co + 1 < layer.cout, p, n, iy, ix, co + 1, v1);
+            tail_stage_if(valid && inside && co < layer.cout, p, staging, n, iy, ix, py, px, co, v0);
+            tail_stage_if(valid && inside && co + 1 < layer.cout, p, staging, n, iy, ix, py, px, co + 1, v1);
           } else if (co < out_cpad) {  // the same for every lane of the n8 tile
             if (!inside || co >= layer.cout) v0 = 0.0f;
             if (!inside || co + 1 >= layer.cout) v1 = 0.0f;
@@ -237,9 +246,11 @@ __global__ void __launch_bounds__(kThreads, tc_blocks_per_sm_by_registers(kMaxNT
     }
     __syncthreads();  // plane j + 1 complete before anyone reads it; plane j free for reuse
   }
-  if (!p.is_tail)
-    store_plane_to_map<T>(p, tile.n, segment_plane(k, k, th, tw, tile.y0, tile.x0),
-                          p.layers[k - 1].cout, k % 2 != 0 ? buf1 : buf0);
+  T* const last = k % 2 != 0 ? buf1 : buf0;  // plane k, or the tail's staging
+  if (p.is_tail)
+    write_tail_stage(p, tail_target(p, last), tile);
+  else
+    store_plane_to_map<T>(p, tile.n, segment_plane(k, k, th, tw, tile.y0, tile.x0), p.layers[k - 1].cout, last);
 }
 
 // Launches the narrow variant when every layer of the segment fits it.

@@ -51,6 +51,7 @@ enum class Path : int32_t { kFp32 = 0, kTensorCore = 1 };
 REPSR_HD int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 REPSR_HD int64_t round_up(int64_t v, int64_t m) { return ceil_div(v, m) * m; }
 REPSR_HD int imin(int a, int b) { return a < b ? a : b; }
+REPSR_HD int64_t imin64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // ---- Tiles --------------------------------------------------------------------------------------
 // A segment launch covers the batch with th x tw output tiles; block b of the 1-D grid is tile
@@ -221,21 +222,106 @@ REPSR_HD int64_t plane_bytes(Path path, int channels, int rows, int cols) {
   return path == Path::kFp32 ? pixels * channels * 4 : pixels * tc_pixel_stride(channels) * 2;
 }
 
+REPSR_HD int dtype_bytes(DType t) {
+  switch (t) {
+    case DType::kFloat32: return 4;
+    case DType::kFloat16:
+    case DType::kBFloat16: return 2;
+    case DType::kUInt8: return 1;
+  }
+  return 4;
+}
+
+// Plane <-> map copies move 16-byte chunks (8 channels) of pixels. Work item i of
+// tc_chunk_items(pixels, chunks) is chunk (i / 8) % chunks of pixel (i / (8 chunks)) * 8 + i % 8:
+// the 8 lanes of a quarter warp (one shared-memory phase for 16-byte accesses) take 8 neighbouring
+// pixels, whose skewed strides put them in 8 different bank groups, while the whole warp still
+// covers whole pixel records of the NHWC map (full sectors). A pixel >= `pixels` is no work.
+REPSR_HD int64_t tc_chunk_items(int pixels, int chunks) { return ceil_div(pixels, 8) * 8 * chunks; }
+REPSR_HD void tc_chunk_item(int i, int chunks, int* pix, int* chunk) {
+  const int group = i / (8 * chunks), rem = i - group * 8 * chunks;
+  *chunk = rem / 8;
+  *pix = group * 8 + rem % 8;
+}
+
+// ---- Tail staging ----------------------------------------------------------------------------
+// The tail layer does not store its values to global memory from the accumulators (each lane's
+// values would land scale^2 apart, one element per store). It stages the tile's finished output
+// (shuffled, residual added, clamped, converted to the output's element type) in shared memory,
+// and after a barrier the block writes it out in the output's memory order: consecutive threads
+// write consecutive bytes, so a warp's stores fill whole 32-byte sectors (NCHW and NHWC alike).
+// The staging is channel-major, [c][th*r][tw*r] with a row pitch and a channel-block pitch chosen
+// so that the tensor-core epilogue's fragment stores are free of bank conflicts: one store covers
+// 8 pixels x output rows i and i + 1 (x4) or 2 channels (x2); the row pitch is 16 mod 32 words
+// (1- and 2-byte elements) or odd (4-byte), the channel pitch 8 or 16 mod 32 words.
+struct TailStage {
+  int rows = 0;               // staged rows per channel (th * r)
+  int channels = 1;           // channel blocks
+  int64_t pitch = 0;          // bytes from one staged row to the next
+  int64_t channel_pitch = 0;  // bytes from one channel block to the next
+  int64_t bytes() const { return channels * channel_pitch; }
+};
+
+REPSR_HD int64_t tail_stage_pitch(int64_t row_bytes, int elem) {
+  int64_t words = ceil_div(row_bytes, 4);
+  if (elem == 4)
+    words |= 1;
+  else
+    words += ((16 - words % 32) + 32) % 32;
+  return words * 4;
+}
+
+REPSR_HD int64_t tail_stage_channel_pitch(int64_t block_bytes, int elem) {
+  const int64_t target = elem == 4 ? 16 : 8;
+  int64_t words = ceil_div(block_bytes, 4);
+  words += ((target - words % 32) + 32) % 32;
+  return words * 4;
+}
+
+REPSR_HD TailStage tail_stage(int th, int tw, int scale, int out_c, int elem) {
+  TailStage t;
+  t.rows = th * scale;
+  t.channels = out_c;
+  t.pitch = tail_stage_pitch(int64_t{tw} * scale * elem, elem);
+  t.channel_pitch = tail_stage_channel_pitch(t.rows * t.pitch, elem);
+  return t;
+}
+
+REPSR_HD int64_t tail_stage_bytes(int th, int tw, int scale, int out_c, int elem) {
+  return tail_stage(th, tw, scale, out_c, elem).bytes();
+}
+
+// Byte offset in the staging of tail channel `co` at tile pixel (py, px): output element
+// (c, py * r + i, px * r + j) of the tile, co = c r^2 + i r + j.
+REPSR_HD int64_t tail_stage_offset(const TailStage& t, int scale, int elem, int co, int py, int px) {
+  const ShuffleTarget s = shuffle_target(co, scale);
+  return s.c * t.channel_pitch + (int64_t{py} * scale + s.i) * t.pitch + (int64_t{px} * scale + s.j) * elem;
+}
+
+// Whether an output's elements run channel-fastest (NHWC / channels_last).
+REPSR_HD bool is_channels_last(const ImageRef& im) { return im.c > 1 && im.stride_c < im.stride_w; }
+
 // Two ping-pong buffers: layer j reads buffer j % 2 and writes buffer (j + 1) % 2. `widths` holds
-// the k + 1 channel counts of planes 0..k. A tail segment's last layer writes to global memory, so
-// its plane k takes no space.
+// the k + 1 channel counts of planes 0..k. A tail segment's last layer writes no plane k: its
+// buffer k % 2 holds the tail staging instead (`scale`, `out_elem`: the output's scale and element
+// size; unused otherwise).
 struct SmemLayout {
   int64_t offset[2];
   int64_t total;
 };
 
-REPSR_HD SmemLayout segment_smem(Path path, const int* widths, int k, bool tail, int th, int tw) {
+REPSR_HD SmemLayout segment_smem(Path path, const int* widths, int k, bool tail, int th, int tw,
+                                 int scale = 1, int out_elem = 4) {
   int64_t size[2] = {0, 0};
   const int last = tail ? k - 1 : k;
   for (int j = 0; j <= last; ++j) {
     const Plane p = segment_plane(k, j, th, tw, 0, 0);
     const int64_t b = plane_bytes(path, widths[j], p.rows, p.cols);
     if (b > size[j % 2]) size[j % 2] = b;
+  }
+  if (tail) {
+    const int64_t b = tail_stage_bytes(th, tw, scale, widths[k] / (scale * scale), out_elem);
+    if (b > size[k % 2]) size[k % 2] = b;
   }
   SmemLayout s;
   s.offset[0] = 0;
@@ -280,9 +366,13 @@ struct SegmentPlan {
   double cost = 0;  // seconds, by the model
 };
 
-inline int64_t segment_smem_bytes(const ChainShape& s, int first, int last, int th, int tw) {
+inline SmemLayout segment_smem_of(const ChainShape& s, int first, int last, int th, int tw) {
   const bool tail = last == s.num_layers();
-  return segment_smem(s.path, s.widths.data() + first, last - first, tail, th, tw).total;
+  return segment_smem(s.path, s.widths.data() + first, last - first, tail, th, tw, s.scale, s.out_bytes);
+}
+
+inline int64_t segment_smem_bytes(const ChainShape& s, int first, int last, int th, int tw) {
+  return segment_smem_of(s, first, last, th, tw).total;
 }
 
 // Blocks of layers [first, last) that can be resident on one SM: the kernel variant's register
@@ -388,8 +478,7 @@ inline SegmentPlan best_segment(const DeviceModel& d, const ChainShape& s, int f
     }
   }
   if (best.cost >= 0) {
-    best.smem = segment_smem(s.path, s.widths.data() + first, last - first,
-                             last == s.num_layers(), best.th, best.tw);
+    best.smem = segment_smem_of(s, first, last, best.th, best.tw);
     best.grid = make_tile_grid(s.n, s.h, s.w, best.th, best.tw);
   }
   return best;

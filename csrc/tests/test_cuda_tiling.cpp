@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda/emulation/memory_model.h"  // the shared-memory bank model, header-only
 #include "cuda/tiling.cuh"
 #include "tests/check.h"
 
@@ -583,6 +584,85 @@ void test_smem_layout() {
         "segment_smem for a 4-layer fp16 segment");
 }
 
+// The tail staging (tiling.cuh, "Tail staging"): every output element of a tile has its own,
+// aligned place inside the buffer; rows hold consecutive output elements (the writer copies them
+// in order); the tensor-core epilogue's fragment stores hit no bank twice for x4 / x2 RGB.
+void test_tail_staging() {
+  bool places = true, order = true, fits = true;
+  for (int r : {1, 2, 3, 4})
+    for (int out_c : {1, 3})
+      for (int elem : {1, 2, 4})
+        for (int th : {1, 5, 16})
+          for (int tw : {1, 7, 32}) {
+            const TailStage t = tail_stage(th, tw, r, out_c, elem);
+            fits = fits && t.bytes() == tail_stage_bytes(th, tw, r, out_c, elem) && t.pitch % 4 == 0 &&
+                   t.channel_pitch >= t.rows * t.pitch;
+            std::vector<char> used(static_cast<size_t>(t.bytes()), 0);
+            for (int co = 0; co < out_c * r * r; ++co)
+              for (int py = 0; py < th; ++py)
+                for (int px = 0; px < tw; ++px) {
+                  const int64_t off = tail_stage_offset(t, r, elem, co, py, px);
+                  places = places && off >= 0 && off % elem == 0 && off + elem <= t.bytes();
+                  if (!places) break;
+                  for (int b = 0; b < elem; ++b) {
+                    places = places && !used[off + b];
+                    used[off + b] = 1;
+                  }
+                  // The next output element along the row is elem bytes further (the writer's
+                  // addressing), and the row below is one pitch down.
+                  const ShuffleTarget st = shuffle_target(co, r);
+                  if (st.j + 1 < r) order = order && tail_stage_offset(t, r, elem, co + 1, py, px) == off + elem;
+                  if (st.i + 1 < r) order = order && tail_stage_offset(t, r, elem, co + r, py, px) == off + t.pitch;
+                }
+          }
+  check(places, "tail staging: every output element has its own aligned bytes inside the buffer");
+  check(order, "tail staging: rows hold consecutive output elements, one pitch apart");
+  check(fits, "tail staging: whole-word pitches, channel blocks hold their rows");
+
+  // Fragment stores of the tensor-core tail (channel-major output): lane l holds pixel l / 4 of an
+  // m16 tile row group and channels 2 (l % 4) + {0, 1} of each n8 tile; one store per channel.
+  bool conflict_free = true;
+  std::string where;
+  for (int r : {2, 4})
+    for (int elem : {1, 2, 4})
+      for (int tw : {8, 16, 32, 64}) {
+        const int th = 16;
+        const TailStage t = tail_stage(th, tw, r, 3, elem);
+        for (int nt = 0; nt < 3 * r * r / 8; ++nt)
+          for (int half = 0; half < 2; ++half) {
+            repsr_emu::WarpRequest req;
+            req.active = 0xffffffffu;
+            req.bytes = elem;
+            for (int lane = 0; lane < 32; ++lane) {
+              const int co = nt * 8 + tc_acc_col(lane, half);
+              req.addr[lane] = static_cast<uint64_t>(tail_stage_offset(t, r, elem, co, 0, lane / 4));
+            }
+            const repsr_emu::SharedCost cost = repsr_emu::shared_cost(req);
+            if (cost.wavefronts != cost.ideal) {
+              conflict_free = false;
+              where = " (r " + std::to_string(r) + ", " + std::to_string(elem) + "-byte, tw " + std::to_string(tw) +
+                      ": " + std::to_string(cost.wavefronts) + " wavefronts for " + std::to_string(cost.ideal) + ")";
+            }
+          }
+      }
+  check(conflict_free, "tail staging: tensor-core fragment stores are free of bank conflicts" + where);
+
+  // segment_smem puts the staging into the buffer of plane k and keeps it clear of the other.
+  bool holds = true;
+  for (int k = 1; k <= 4; ++k)
+    for (int th : {4, 16, 32}) {
+      std::vector<int> widths;
+      for (int j = 0; j < k; ++j) widths.push_back(j == 0 ? 3 : 16);
+      widths.push_back(48);
+      for (int elem : {1, 2, 4}) {
+        const SmemLayout s = segment_smem(Path::kTensorCore, widths.data(), k, true, th, th, 4, elem);
+        const int64_t begin = s.offset[k % 2], end = k % 2 == 0 ? s.offset[1] : s.total;
+        holds = holds && begin + tail_stage_bytes(th, th, 4, 3, elem) <= end;
+      }
+    }
+  check(holds, "segment_smem: the tail staging fits the buffer of plane k");
+}
+
 ChainShape shape(Path path, std::vector<int> widths, int64_t n, int64_t h, int64_t w, int scale) {
   ChainShape s;
   s.path = path;
@@ -834,6 +914,7 @@ int main() {
   test_tc_fragments(8, 32, 1, 17);
   test_simulation();
   test_smem_layout();
+  test_tail_staging();
   test_planner();
   test_workspace();
   return repsr_test::report();
