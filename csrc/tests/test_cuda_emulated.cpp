@@ -14,7 +14,7 @@
 //   uint8       (float16 or float32 compute) at most one level from round(clamp(ref) * 255)
 //               anywhere, and no more mismatching values than 2 x those of the rounded chain
 //               (+1% of the values).
-// Usage: test_cuda_emulated [--quick] [--counters] [--case SUBSTRING] [--list]
+// Usage: test_cuda_emulated [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites]
 //   --quick: the subset run under ThreadSanitizer. REPSR_EMU_SEED picks the block orders.
 #include <algorithm>
 #include <chrono>
@@ -39,6 +39,7 @@ using namespace repsr_test;
 using repsr::DType;
 
 bool g_print_counters = false;
+bool g_print_sites = false;  // --sites: the counters per access site too
 
 // ---- Rounding, independent of the emulator's conversions ----------------------------------------
 // Nearest value with `bits` significand bits (ties to even), exponent floor `min_exp` (subnormal
@@ -212,7 +213,17 @@ RunResult run_chain(const repsr::Net& net, const repsr::ImageRef& in, const reps
   r.reports = repsr_emu::take_reports();
   r.launches = repsr_emu::take_launches();
   if (g_print_counters)
-    for (const auto& l : r.launches) std::printf("    %s\n", repsr_emu::describe(l).c_str());
+    for (const auto& l : r.launches) {
+      std::printf("    %s\n", repsr_emu::describe(l).c_str());
+      if (g_print_sites) {
+        std::string sites = repsr_emu::describe_sites(l);
+        for (size_t at = 0; at < sites.size();) {
+          const size_t end = sites.find('\n', at);
+          std::printf("        %s\n", sites.substr(at, end - at).c_str());
+          at = end + 1;
+        }
+      }
+    }
   return r;
 }
 
@@ -559,6 +570,58 @@ void test_host_checks() {
   check(all_ok && r.error.empty() && r.reports.empty(), "a plain fp16 run launches cleanly: " + r.error);
 }
 
+// ---- Counters on the benchmark cases ---------------------------------------------------------------
+// x4 from 1 x 3 x 720 x 1280 for the benchmark presets, every compute type and the uint8 NHWC
+// image path: the plan the launcher picks (the emulated device is an H100 SXM), each segment run
+// on a sample of its blocks (the first = top-left corner, two in the middle, the last =
+// bottom-right corner), the counters of every launch printed. The output is not checked (most
+// blocks do not run); the correctness cases above cover these kernels.
+void bench_counters() {
+  struct Preset {
+    const char* name;
+    int channels, layers;
+  };
+  const Preset presets[] = {{"M4C16", 16, 6}, {"M4C32", 32, 6}, {"M10C32", 32, 12}, {"M16C64", 64, 18}};
+  struct Io {
+    const char* name;
+    DType dtype, compute;
+    Layout layout;
+  };
+  const Io ios[] = {{"f32 nchw", DType::kFloat32, DType::kFloat32, Layout::kNchw},
+                    {"f16 nchw", DType::kFloat16, DType::kFloat16, Layout::kNchw},
+                    {"bf16 nchw", DType::kBFloat16, DType::kBFloat16, Layout::kNchw},
+                    {"u8 nhwc", DType::kUInt8, DType::kFloat16, Layout::kChannelsLast}};
+  repsr_emu::Config& cfg = repsr_emu::config();
+  const repsr_emu::Config saved = cfg;
+  cfg.block_filter = [](const std::string& kernel, uint64_t b, uint64_t blocks) {
+    return kernel == "pack_weights" || b == 0 || b == blocks / 2 || b == blocks / 2 + 1 || b + 1 == blocks;
+  };
+  const int64_t h = 720, w = 1280;
+  const int scale = 4;
+  for (const Preset& preset : presets) {
+    for (const Io& io : ios) {
+      std::mt19937 rng(7);
+      const TestNet host = make_net_widths(rng, chain(3, preset.channels, preset.layers, 3 * scale * scale), scale,
+                                           Activation::kPrelu, true, false);
+      const DeviceNet dev(host);
+      DeviceImage in, out;
+      make_image(&in, 1, 3, h, w, io.layout, io.dtype, "input");
+      make_image(&out, 1, 3, h * scale, w * scale, io.layout, io.dtype, "output");
+      fill_random(in, rng);
+      std::printf("%s x%d %lldx%lld %s (compute %s)\n", preset.name, scale, (long long)h, (long long)w, io.name,
+                  dtype_name(io.compute));
+      const bool print = g_print_counters;
+      g_print_counters = true;
+      const RunResult r = run_chain(dev.net, in.ref, out.ref, io.compute);
+      g_print_counters = print;
+      check(r.error.empty(), std::string(preset.name) + " " + io.name + ": " + r.error);
+      check(r.reports.empty(), std::string(preset.name) + " " + io.name + ": the emulator found problems (first: " +
+                                   (r.reports.empty() ? "" : r.reports[0]) + ")");
+    }
+  }
+  cfg = saved;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -568,10 +631,16 @@ int main(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "--quick") quick = true;
     else if (a == "--counters") g_print_counters = true;
+    else if (a == "--sites") g_print_counters = g_print_sites = true;
     else if (a == "--list") list = true;
+    else if (a == "--bench-counters") {
+      bench_counters();
+      return report();
+    }
     else if (a == "--case" && i + 1 < argc) filter = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--quick] [--counters] [--case SUBSTRING] [--list]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites]\n",
+                   argv[0]);
       return 2;
     }
   }

@@ -31,7 +31,8 @@ struct Config {
   bool counters = true;    // group accesses into warp requests and count them (costs time)
   double timeout_s = 600;  // a launch running longer is reported and the process aborted
   // Only the blocks for which this returns true run (sampling for the counters); empty: all.
-  std::function<bool(uint64_t block)> block_filter;
+  // Arguments: the kernel's name (as launched), the block index, the launch's block count.
+  std::function<bool(const std::string& kernel, uint64_t block, uint64_t blocks)> block_filter;
 };
 
 // The process-wide configuration; set it before launching. REPSR_EMU_SEED and REPSR_EMU_WORKERS
@@ -51,6 +52,15 @@ struct GlobalCounter {
   double efficiency() const { return sectors ? double(useful_bytes) / (32.0 * sectors) : 1.0; }
 };
 
+// One access site (source line and kind) of a launch: warp requests and their cost. Shared memory
+// and ldmatrix: cost = wavefronts, ideal = one per phase; global memory: cost = 32-byte sectors,
+// ideal = the sectors the useful bytes would fill.
+struct SiteRecord {
+  std::string site;  // file:line
+  std::string kind;  // "shared load", "shared store", "ldmatrix", "global load", "global store"
+  uint64_t requests = 0, cost = 0, ideal = 0;
+};
+
 struct LaunchRecord {
   std::string name;
   dim3 grid, block;
@@ -62,14 +72,16 @@ struct LaunchRecord {
   uint64_t mma = 0;       // warp-level mma.m16n8k16
   uint64_t barriers = 0;  // block-wide barriers completed, summed over blocks
   uint64_t problems = 0;  // reports made during the launch
+  std::vector<SiteRecord> sites;  // per access site, in source order
 };
 
 // Launches since the last call (oldest first), and the problems found since the last call: each
 // is one line naming what, where (file:line, kernel, block, thread) and the address.
 std::vector<LaunchRecord> take_launches();
 std::vector<std::string> take_reports();
-// A one-line summary of a launch's counters.
+// A one-line summary of a launch's counters; describe_sites: a line per access site.
 std::string describe(const LaunchRecord& r);
+std::string describe_sites(const LaunchRecord& r);
 
 // Device memory: every global address a kernel touches must lie in one of these allocations.
 void* device_malloc(size_t bytes, const char* label);

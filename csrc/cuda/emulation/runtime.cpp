@@ -191,6 +191,21 @@ struct Lane {
 struct Group {  // one warp-level memory instruction
   Access kind;
   WarpRequest request;
+  const char* file = "";
+  int line = 0;
+};
+
+// Per-site counters of one worker's launch, keyed by (file, line, kind); ldmatrix is kind -1.
+struct SiteKey {
+  const char* file;
+  int line, kind;
+  bool operator<(const SiteKey& o) const {
+    if (file != o.file) return std::less<const char*>()(file, o.file);
+    return line != o.line ? line < o.line : kind < o.kind;
+  }
+};
+struct SiteCount {
+  uint64_t requests = 0, cost = 0, ideal = 0;
 };
 
 struct Warp {
@@ -224,6 +239,7 @@ struct Worker {
   bool abandoned = false;  // the block deadlocked: its fibers are dropped
   uint64_t accesses = 0;
   LaunchRecord counts;  // this launch's counters, merged at the end
+  std::map<SiteKey, SiteCount> site_counts;
   RangeSet block_reads, block_writes;
   std::vector<BlockRange> reads, writes;  // this launch, all blocks of this worker
   std::mt19937_64 rng;
@@ -322,6 +338,7 @@ void lane_main(void* arg);
 void Worker::prepare(LaunchState* l) {
   launch = l;
   counts = LaunchRecord{};
+  site_counts.clear();
   reads.clear();
   writes.clear();
   const size_t need = (l->smem + 127) / 128 * 128;
@@ -517,6 +534,8 @@ void do_ldmatrix(Worker& w, Lane* const* lane) {
     w.counts.ldmatrix.wavefronts += cost.wavefronts;
     w.counts.ldmatrix.ideal_wavefronts += cost.ideal;
     w.counts.ldmatrix.bytes += 32 * 16;
+    SiteCount& sc = w.site_counts[SiteKey{lane[0]->wait_file, lane[0]->wait_line, -1}];
+    sc.requests += 1, sc.cost += cost.wavefronts, sc.ideal += cost.ideal;
   }
 }
 
@@ -622,6 +641,8 @@ void Worker::record(Lane& lane, Access kind, uint64_t addr, size_t bytes, bool a
     w.index.emplace(group_key, g);
     Group group;
     group.kind = kind;
+    group.file = file;
+    group.line = line;
     group.request.bytes = static_cast<int>(bytes);
     w.groups.push_back(group);
   } else {
@@ -647,12 +668,16 @@ void Worker::flush_requests() {
         c.wavefronts += cost.wavefronts;
         c.ideal_wavefronts += cost.ideal;
         c.bytes += lanes_on * g.request.bytes;
+        SiteCount& sc = site_counts[SiteKey{g.file, g.line, static_cast<int>(g.kind)}];
+        sc.requests += 1, sc.cost += cost.wavefronts, sc.ideal += cost.ideal;
       } else {
         GlobalCounter& c = g.kind == Access::kGlobalLoad ? counts.global_load : counts.global_store;
         const GlobalCost cost = global_cost(g.request);
         c.requests += 1;
         c.sectors += cost.sectors;
         c.useful_bytes += cost.useful_bytes;
+        SiteCount& sc = site_counts[SiteKey{g.file, g.line, static_cast<int>(g.kind)}];
+        sc.requests += 1, sc.cost += cost.sectors, sc.ideal += (cost.useful_bytes + 31) / 32;
       }
     }
     w.index.clear();
@@ -857,6 +882,17 @@ void run_worker(Worker* w, LaunchState* l) {
   r.mma += w->counts.mma;
   r.barriers += w->counts.barriers;
   r.blocks_run += w->counts.blocks_run;
+  for (const auto& [key, count] : w->site_counts) {
+    const std::string where = site(key.file, key.line);
+    const std::string kind = key.kind < 0 ? "ldmatrix" : access_name(static_cast<Access>(key.kind));
+    auto it = std::find_if(r.sites.begin(), r.sites.end(),
+                           [&](const SiteRecord& x) { return x.site == where && x.kind == kind; });
+    if (it == r.sites.end()) {
+      r.sites.push_back(SiteRecord{where, kind, 0, 0, 0});
+      it = r.sites.end() - 1;
+    }
+    it->requests += count.requests, it->cost += count.cost, it->ideal += count.ideal;
+  }
   l->reads.insert(l->reads.end(), w->reads.begin(), w->reads.end());
   l->writes.insert(l->writes.end(), w->writes.begin(), w->writes.end());
   t_worker = nullptr;
@@ -929,6 +965,20 @@ std::string describe(const LaunchRecord& r) {
                 r.global_load.sectors, 100 * r.global_load.efficiency(), r.global_store.requests,
                 r.global_store.sectors, 100 * r.global_store.efficiency(), r.mma, r.barriers);
   return buf;
+}
+
+std::string describe_sites(const LaunchRecord& r) {
+  std::string text;
+  for (const SiteRecord& x : r.sites) {
+    char buf[256];
+    const bool global = x.kind.rfind("global", 0) == 0;
+    std::snprintf(buf, sizeof buf, "%-40s %-13s %10" PRIu64 " req  %s %.2f\n", x.site.c_str(), x.kind.c_str(),
+                  x.requests, global ? "sector efficiency" : "wavefronts / ideal",
+                  global ? (x.cost ? double(x.ideal) / double(x.cost) : 1.0)
+                         : (x.ideal ? double(x.cost) / double(x.ideal) : 1.0));
+    text += buf;
+  }
+  return text;
 }
 
 // ---- Device-side hooks ----------------------------------------------------------------------------
@@ -1065,7 +1115,7 @@ cudaError_t launch(const char* name, const void* func, dim3 grid, dim3 block, si
   l.deadline = std::chrono::steady_clock::now() +
                std::chrono::milliseconds(static_cast<int64_t>(cfg.timeout_s * 1000));
   for (uint64_t b = 0; b < blocks; ++b)
-    if (!cfg.block_filter || cfg.block_filter(b)) l.order.push_back(b);
+    if (!cfg.block_filter || cfg.block_filter(l.name, b, blocks)) l.order.push_back(b);
   const uint64_t launch_seed = cfg.seed * 0x9e3779b97f4a7c15ull + (++g_launch_count);
   std::mt19937_64 rng(launch_seed);
   std::shuffle(l.order.begin(), l.order.end(), rng);
