@@ -86,7 +86,7 @@ __device__ __forceinline__ void tail_stage_if(bool pred, const SegmentParams& p,
   const ShuffleTarget s = shuffle_target(co, p.scale);
   if (p.residual) v += load_image_if(pred, p.image, n, s.c, y, x);
   if (p.clamp) v = fminf(fmaxf(v, 0.0f), 1.0f);
-  const int64_t off = pred ? tail_stage_offset(t.layout, p.scale, t.elem, co, py, px) : 0;
+  const int off = pred ? tail_stage_offset(t.layout, p.scale, t.elem, co, py, px) : 0;
   switch (p.out.dtype) {
     case DType::kFloat32:
       st_shared_if(pred, reinterpret_cast<float*>(t.stage + off), v);
@@ -135,7 +135,7 @@ __device__ void write_tail_rows(const SegmentParams& p, const TailTarget& t, con
       oy = row - c * rows;
       ox = e;
     }
-    const char* src = t.stage + c * t.layout.channel_pitch + int64_t{oy} * t.layout.pitch + int64_t{ox} * sizeof(E);
+    const char* src = t.stage + c * t.layout.channel_pitch + oy * t.layout.pitch + ox * static_cast<int>(sizeof(E));
     st_global(out + image_offset(p.out, tile.n, c, oy0 + oy, ox0 + ox), ld_shared(reinterpret_cast<const E*>(src)));
   }
 }

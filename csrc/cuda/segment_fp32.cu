@@ -43,16 +43,59 @@ __device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl
   }
 }
 
-// One 3x3 conv + bias + activation from plane `pin` (in) to plane `pout`. Thread item: kF32Rows
+// The tail plane (tail channels x the tile, bias added) to the output in the output's memory
+// order: pixel shuffle, residual, clamp and conversion per element, consecutive threads writing
+// consecutive elements (whole sectors).
+__device__ void f32_write_tail(const SegmentParams& p, const TileCoord& tile, const float* plane) {
+  const int r = p.scale, th = p.grid.th, tw = p.grid.tw;
+  const int rows = static_cast<int>(imin64(th, p.height - tile.y0)) * r;
+  const int cols = static_cast<int>(imin64(tw, p.width - tile.x0)) * r;
+  const int out_c = static_cast<int>(p.out.c);
+  const bool interleaved = is_channels_last(p.out);
+  const int row_len = interleaved ? cols * out_c : cols;
+  const int row_count = interleaved ? rows : rows * out_c;
+  for (int i = threadIdx.x; i < row_count * row_len; i += kThreads) {
+    const int row = i / row_len, e = i - row * row_len;
+    int c, oy, ox;
+    if (interleaved) {
+      oy = row;
+      ox = e / out_c;
+      c = e - ox * out_c;
+    } else {
+      c = row / rows;
+      oy = row - c * rows;
+      ox = e;
+    }
+    const int y = oy / r, x = ox / r;
+    const int co = (c * r + (oy - y * r)) * r + (ox - x * r);
+    float v = ld_shared(plane + (co * th + y) * tw + x);
+    if (p.residual) v += load_image_if(true, p.image, tile.n, c, tile.y0 + y, tile.x0 + x);
+    if (p.clamp) v = fminf(fmaxf(v, 0.0f), 1.0f);
+    store_image_if(true, p.out, image_offset(p.out, tile.n, c, tile.y0 * r + oy, tile.x0 * r + ox), v);
+  }
+}
+
+// Layer j of the segment: one 3x3 conv + bias + activation from plane j (`in`) to plane j + 1
+// (`out`), the ping-pong buffers by parity. Thread item: kF32Rows
 // consecutive output rows of one column x kF32Couts output channels, so each input value loaded
 // from shared memory feeds up to 3 x kF32Rows x kF32Couts FMAs and the 8 weights of a tap are two
 // float4 loads that the warp shares (items of a warp mostly have the same channel group).
 // Neighbouring threads take neighbouring columns: conflict-free shared-memory access.
-// Non-tail: results go to `out` (plane pout's layout), zero outside the image. Tail: each value
-// goes through tail_stage_if (pixel shuffle, residual, clamp) into the staging in `out`.
-__device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, int64_t n,
-                               const float* in, const Plane& pin, float* out, const Plane& pout,
-                               bool tail) {
+// Results go to `out` (plane pout's layout), zero outside the image; the tail's plane too (its
+// values with bias, unshuffled), which f32_write_tail then shuffles out. Not inlined, with the
+// tail's epilogue the same as every layer's: the hot loop sits at the 128-register cap and gets
+// its own register allocation (ctest check_cuda_spills keeps it spill-free).
+__device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float* buf0, float* buf1) {
+  // Everything derived from the block index and p, so the kernel keeps nothing live across the
+  // call (a separate register allocation for the hot loop: it sits at the 128-register cap).
+  const TileCoord tile = decode_block(blockIdx.x, p.grid);
+  const int k = p.num_layers;
+  const Plane pin = segment_plane(k, j, p.grid.th, p.grid.tw, tile.y0, tile.x0);
+  const Plane pout = segment_plane(k, j + 1, p.grid.th, p.grid.tw, tile.y0, tile.x0);
+  const bool tail = p.is_tail && j == k - 1;
+  const float* in = j % 2 != 0 ? buf1 : buf0;
+  float* out = j % 2 != 0 ? buf0 : buf1;
+  const LayerDev& layer = p.layers[j];
   const int cin = layer.cin, cout = layer.cout;
   const int calloc = f32_cout_alloc(cout);
   const int row_groups = static_cast<int>(ceil_div(pout.rows, kF32Rows));
@@ -60,8 +103,8 @@ __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, in
   const int in_cs = pin.rows * pin.cols;    // channel stride of the input plane
   const int out_cs = pout.rows * pout.cols;
   const float* weight = static_cast<const float*>(layer.weight);
-  const TailTarget staging = tail ? tail_target(p, out) : TailTarget{};  // the tail's `out` is the staging
 
+  const int y_in_lo = static_cast<int>(-pout.y0), y_in_hi = static_cast<int>(p.height - pout.y0);
   for (int item = threadIdx.x; item < items; item += kThreads) {
     const int x = item % pout.cols;
     const int rest = item / pout.cols;
@@ -70,9 +113,9 @@ __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, in
 
     // Input rows y0 .. y0 + kF32Rows + 1 (3 taps below each output row). Rows past the plane
     // (last, partial row group) are clamped to its last row: valid addresses, results dropped.
-    int row_off[kF32Rows + 2];
-#pragma unroll
-    for (int r = 0; r < kF32Rows + 2; ++r) row_off[r] = imin(y0 + r, pin.rows - 1) * pin.cols + x;
+    // Offsets grow with the row, so clamping the offset clamps the row (one register for the
+    // bound instead of an array of kF32Rows + 2 offsets: this kernel sits at its register cap).
+    const int row_base = y0 * pin.cols + x, row_last = (pin.rows - 1) * pin.cols + x;
 
     float acc[kF32Rows][kF32Couts];
 #pragma unroll
@@ -87,7 +130,7 @@ __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, in
       for (int kx = 0; kx < 3; ++kx) {
         float v[kF32Rows + 2];
 #pragma unroll
-        for (int r = 0; r < kF32Rows + 2; ++r) v[r] = ld_shared(src + row_off[r] + kx);
+        for (int r = 0; r < kF32Rows + 2; ++r) v[r] = ld_shared(src + imin(row_base + r * pin.cols, row_last) + kx);
 #pragma unroll
         for (int ky = 0; ky < 3; ++ky) {
           const float4* wp = reinterpret_cast<const float4*>(wci + (ky * 3 + kx) * calloc);
@@ -104,21 +147,22 @@ __device__ void f32_conv_layer(const SegmentParams& p, const LayerDev& layer, in
     // Predicated, not branched: rows past the plane (partial last row group), channels past cout
     // and, for the tail, pixels beyond the image store nothing. Bias and slope are padded to the
     // allocated channels, so their loads need no predicate.
+    // The image's rows as plane rows [y_in_lo, y_in_hi), in 32 bits: fewer registers than
+    // 64-bit image coordinates per row (this kernel sits at its register cap).
+    const bool col_inside = pout.x0 + x >= 0 && pout.x0 + x < p.width;
 #pragma unroll
     for (int r = 0; r < kF32Rows; ++r) {
       const int y = y0 + r;
       const bool row_ok = y < pout.rows;
-      const int64_t iy = pout.y0 + y, ix = pout.x0 + x;
-      const bool inside = in_image(iy, ix, p.height, p.width);
+      const bool inside = col_inside && y >= y_in_lo && y < y_in_hi;
 #pragma unroll
       for (int c = 0; c < kF32Couts; ++c) {
         const int co = co0 + c;
         const bool ok = row_ok && co < cout;
         const float v = activate(acc[r][c] + __ldg(layer.bias + co), layer.slope, co);
-        if (tail)
-          tail_stage_if(ok && inside, p, staging, n, iy, ix, y, x, co, v);
-        else  // outside the image: the next layer's zero padding
-          st_shared_if(ok, out + (ok ? co * out_cs + y * pout.cols + x : 0), inside ? v : 0.0f);
+        // Outside the image: the next layer's zero padding (the tail's plane is read only inside).
+        const bool padding = !tail && !inside;
+        st_shared_if(ok, out + (ok ? co * out_cs + y * pout.cols + x : 0), padding ? 0.0f : v);
       }
     }
   }
@@ -130,23 +174,22 @@ __global__ void __launch_bounds__(kThreads, 2)
   // Ping-pong buffers, picked with a select (an indexed local array would live on the stack).
   float* const buf0 = reinterpret_cast<float*>(smem + p.buf_offset[0]);
   float* const buf1 = reinterpret_cast<float*>(smem + p.buf_offset[1]);
+  {
+    const TileCoord tile = decode_block(blockIdx.x, p.grid);
+    f32_load_plane(p, tile.n, segment_plane(p.num_layers, 0, p.grid.th, p.grid.tw, tile.y0, tile.x0),
+                   p.layers[0].cin, buf0);
+  }
+  __syncthreads();
+  for (int j = 0; j < p.num_layers; ++j) {
+    f32_conv_layer(p, j, buf0, buf1);
+    __syncthreads();  // plane j + 1 complete before anyone reads it; plane j free for reuse
+  }
   const TileCoord tile = decode_block(blockIdx.x, p.grid);
   const int k = p.num_layers;
   const int th = p.grid.th, tw = p.grid.tw;
-
-  f32_load_plane(p, tile.n, segment_plane(k, 0, th, tw, tile.y0, tile.x0), p.layers[0].cin, buf0);
-  __syncthreads();
-  for (int j = 0; j < k; ++j) {
-    const Plane pin = segment_plane(k, j, th, tw, tile.y0, tile.x0);
-    const Plane pout = segment_plane(k, j + 1, th, tw, tile.y0, tile.x0);
-    const bool tail = p.is_tail && j == k - 1;
-    const bool odd = j % 2 != 0;
-    f32_conv_layer(p, p.layers[j], tile.n, odd ? buf1 : buf0, pin, odd ? buf0 : buf1, pout, tail);
-    __syncthreads();  // plane j + 1 complete before anyone reads it; plane j free for reuse
-  }
-  float* const last = k % 2 != 0 ? buf1 : buf0;  // plane k, or the tail's staging
+  float* const last = k % 2 != 0 ? buf1 : buf0;  // plane k
   if (p.is_tail)
-    write_tail_stage(p, tail_target(p, last), tile);
+    f32_write_tail(p, tile, last);
   else
     f32_store_map(p, tile.n, segment_plane(k, k, th, tw, tile.y0, tile.x0), p.layers[k - 1].cout, last);
 }

@@ -107,7 +107,6 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
   const uint32_t in_base = smem_address(in);
   const uint4* weight = static_cast<const uint4*>(layer.weight);
   const int64_t kc_stride = int64_t{pairs} * 32;  // uint4s per k16 step
-  const TailTarget staging = tail ? tail_target(p, out) : TailTarget{};  // the tail's `out` is the staging
 
   for (int unit = warp; unit < m_blocks * n_blocks; unit += kWarps) {
     const int mb = unit % m_blocks, nb = unit / m_blocks;
@@ -187,7 +186,8 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
           const float2 bias = __ldg(reinterpret_cast<const float2*>(layer.bias + co));
           float v0 = activate(acc[mt][nt][2 * h] + bias.x, layer.slope, co);
           float v1 = activate(acc[mt][nt][2 * h + 1] + bias.y, layer.slope, co + 1);
-          if (tail) {
+          if (tail) {  // the tail's `out` is the staging; its layout is derived here, not kept live
+            const TailTarget staging = tail_target(p, out);
             tail_stage_if(valid && inside && co < layer.cout, p, staging, n, iy, ix, py, px, co, v0);
             tail_stage_if(valid && inside && co + 1 < layer.cout, p, staging, n, iy, ix, py, px, co + 1, v1);
           } else if (co < out_cpad) {  // the same for every lane of the n8 tile

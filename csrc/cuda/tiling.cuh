@@ -254,12 +254,14 @@ REPSR_HD void tc_chunk_item(int i, int chunks, int* pix, int* chunk) {
 // so that the tensor-core epilogue's fragment stores are free of bank conflicts: one store covers
 // 8 pixels x output rows i and i + 1 (x4) or 2 channels (x2); the row pitch is 16 mod 32 words
 // (1- and 2-byte elements) or odd (4-byte), the channel pitch 8 or 16 mod 32 words.
+// 32-bit offsets: the staging lives in shared memory (< 2^31 bytes for any tile the planner tries),
+// and 64-bit arithmetic would cost the float32 kernel, at its register cap, a spill.
 struct TailStage {
-  int rows = 0;               // staged rows per channel (th * r)
-  int channels = 1;           // channel blocks
-  int64_t pitch = 0;          // bytes from one staged row to the next
-  int64_t channel_pitch = 0;  // bytes from one channel block to the next
-  int64_t bytes() const { return channels * channel_pitch; }
+  int rows = 0;           // staged rows per channel (th * r)
+  int channels = 1;       // channel blocks
+  int pitch = 0;          // bytes from one staged row to the next
+  int channel_pitch = 0;  // bytes from one channel block to the next
+  REPSR_HD int64_t bytes() const { return int64_t{channels} * channel_pitch; }
 };
 
 REPSR_HD int64_t tail_stage_pitch(int64_t row_bytes, int elem) {
@@ -282,8 +284,8 @@ REPSR_HD TailStage tail_stage(int th, int tw, int scale, int out_c, int elem) {
   TailStage t;
   t.rows = th * scale;
   t.channels = out_c;
-  t.pitch = tail_stage_pitch(int64_t{tw} * scale * elem, elem);
-  t.channel_pitch = tail_stage_channel_pitch(t.rows * t.pitch, elem);
+  t.pitch = static_cast<int>(tail_stage_pitch(int64_t{tw} * scale * elem, elem));
+  t.channel_pitch = static_cast<int>(tail_stage_channel_pitch(int64_t{t.rows} * t.pitch, elem));
   return t;
 }
 
@@ -293,9 +295,9 @@ REPSR_HD int64_t tail_stage_bytes(int th, int tw, int scale, int out_c, int elem
 
 // Byte offset in the staging of tail channel `co` at tile pixel (py, px): output element
 // (c, py * r + i, px * r + j) of the tile, co = c r^2 + i r + j.
-REPSR_HD int64_t tail_stage_offset(const TailStage& t, int scale, int elem, int co, int py, int px) {
+REPSR_HD int tail_stage_offset(const TailStage& t, int scale, int elem, int co, int py, int px) {
   const ShuffleTarget s = shuffle_target(co, scale);
-  return s.c * t.channel_pitch + (int64_t{py} * scale + s.i) * t.pitch + (int64_t{px} * scale + s.j) * elem;
+  return s.c * t.channel_pitch + (py * scale + s.i) * t.pitch + (px * scale + s.j) * elem;
 }
 
 // Whether an output's elements run channel-fastest (NHWC / channels_last).
@@ -319,8 +321,9 @@ REPSR_HD SmemLayout segment_smem(Path path, const int* widths, int k, bool tail,
     const int64_t b = plane_bytes(path, widths[j], p.rows, p.cols);
     if (b > size[j % 2]) size[j % 2] = b;
   }
-  if (tail) {
-    const int64_t b = tail_stage_bytes(th, tw, scale, widths[k] / (scale * scale), out_elem);
+  if (tail) {  // tensor cores: the staged output; float32: the tail's plane (f32_write_tail)
+    const int64_t b = path == Path::kFp32 ? plane_bytes(path, widths[k], th, tw)
+                                          : tail_stage_bytes(th, tw, scale, widths[k] / (scale * scale), out_elem);
     if (b > size[k % 2]) size[k % 2] = b;
   }
   SmemLayout s;

@@ -29,7 +29,7 @@ set(BUG_padded_channels_unwritten_EXPECT "uninitialized shared read")
 
 # The float32 kernel keeps the values computed outside the image instead of the zero padding.
 set(BUG_border_not_zeroed_FILE segment_fp32.cu)
-set(BUG_border_not_zeroed_OLD [==[inside ? v : 0.0f);]==])
+set(BUG_border_not_zeroed_OLD [==[padding ? 0.0f : v);]==])
 set(BUG_border_not_zeroed_NEW [==[v);]==])
 set(BUG_border_not_zeroed_CASE "channels: n1 11x13 widths 3-13-13-12 x2 prelu res1 clamp0 f32")
 set(BUG_border_not_zeroed_EXPECT "FAIL: .*relative L2 error")
