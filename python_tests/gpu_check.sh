@@ -14,13 +14,15 @@
 # still run). compute-sanitizer is probed first: where it refuses the device, its four steps are
 # reported as skipped with its message, not as failures.
 # Environment: ARCH (default 9.0) = TORCH_CUDA_ARCH_LIST; PYTHON (default python); LOG_DIR
-# (default build/gpu_check) keeps each step's full output.
+# (default $OUT when set, as on the project's device machines, else build/gpu_check) keeps each
+# step's full output, the benchmark JSON and the summary; MAX_JOBS (default: all cores) for the build.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python}
 ARCH=${ARCH:-9.0}
-LOG_DIR=${LOG_DIR:-build/gpu_check}
+LOG_DIR=${LOG_DIR:-${OUT:-build/gpu_check}}
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 mkdir -p "$LOG_DIR"
 
 declare -a NAMES=() RESULTS=() SECONDS_TAKEN=()
@@ -88,7 +90,10 @@ fi
 
 if [ "$BUILD_OK" -eq 1 ] && [ "$GPU_OK" -eq 1 ]; then
   # ---- 3. Correctness ----------------------------------------------------------------------------
-  run_step "pytest python_tests/test_cuda.py" pytest.log "$PYTHON" -m pytest python_tests/test_cuda.py -q -rs
+  CORRECT=0
+  if run_step "pytest python_tests/test_cuda.py" pytest.log "$PYTHON" -m pytest python_tests/test_cuda.py -q -rs; then
+    CORRECT=1
+  fi
 
   # ---- 4. compute-sanitizer ------------------------------------------------------------------------
   # A probe first: some machines' compute-sanitizer refuses the device (driver or permission);
@@ -154,11 +159,13 @@ EOF
 
   # ---- 6. Benchmarks (if a CUDA benchmark file exists) --------------------------------------------
   BENCH=$(ls python_tests/*bench*cuda*.py python_tests/*cuda*bench*.py 2>/dev/null | head -1 || true)
-  if [ -n "$BENCH" ]; then
-    run_step "benchmarks ($BENCH)" bench.log "$PYTHON" -m pytest "$BENCH" -q --benchmark-enable \
-      --benchmark-json=benchmarks/cuda.json
-    if [ -f benchmarks/summarize.py ] && [ -f benchmarks/cuda.json ]; then
-      "$PYTHON" benchmarks/summarize.py benchmarks/cuda.json || true
+  if [ "$CORRECT" -ne 1 ]; then
+    skip_step "benchmarks" "the CUDA correctness tests failed: timings of wrong results mean nothing"
+  elif [ -n "$BENCH" ]; then
+    run_step "benchmarks ($BENCH)" bench.log env REPSR_BENCH_JSON="$LOG_DIR/cuda_results.json" \
+      "$PYTHON" -m pytest "$BENCH" -q --benchmark-enable --benchmark-json="$LOG_DIR/cuda_bench.json"
+    if [ -f benchmarks/summarize.py ] && [ -f "$LOG_DIR/cuda_bench.json" ]; then
+      "$PYTHON" benchmarks/summarize.py "$LOG_DIR/cuda_bench.json" | tee "$LOG_DIR/cuda_table.md" || true
     fi
   else
     skip_step "benchmarks" "no python_tests/*bench*cuda*.py yet"
@@ -192,9 +199,13 @@ fi
 echo
 echo "==== summary (logs in $LOG_DIR) ===="
 FAILED=0
-printf '%-44s %6s  %s\n' "step" "sec" "result"
+{
+  printf '%-44s %6s  %s\n' "step" "sec" "result"
+  for i in "${!NAMES[@]}"; do
+    printf '%-44s %6s  %s\n' "${NAMES[$i]}" "${SECONDS_TAKEN[$i]}" "${RESULTS[$i]}"
+  done
+} | tee "$LOG_DIR/summary.txt"
 for i in "${!NAMES[@]}"; do
-  printf '%-44s %6s  %s\n' "${NAMES[$i]}" "${SECONDS_TAKEN[$i]}" "${RESULTS[$i]}"
   case "${RESULTS[$i]}" in FAILED*) FAILED=1 ;; esac
 done
 exit $FAILED
