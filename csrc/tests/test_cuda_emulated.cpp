@@ -14,7 +14,7 @@
 //   uint8       (float16 or float32 compute) at most one level from round(clamp(ref) * 255)
 //               anywhere, and no more mismatching values than 2 x those of the rounded chain
 //               (+1% of the values).
-// Usage: test_cuda_emulated [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites]
+// Usage: test_cuda_emulated [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites] [--model-json FILE]
 //   --quick: the subset run under ThreadSanitizer. REPSR_EMU_SEED picks the block orders.
 #include <algorithm>
 #include <chrono>
@@ -37,6 +37,7 @@ namespace {
 
 using namespace repsr_test;
 using repsr::DType;
+using namespace repsr::cuda;  // the planner and tile arithmetic (tiling.cuh), for the model export
 
 bool g_print_counters = false;
 bool g_print_sites = false;  // --sites: the counters per access site too
@@ -571,55 +572,162 @@ void test_host_checks() {
 }
 
 // ---- Counters on the benchmark cases ---------------------------------------------------------------
-// x4 from 1 x 3 x 720 x 1280 for the benchmark presets, every compute type and the uint8 NHWC
-// image path: the plan the launcher picks (the emulated device is an H100 SXM), each segment run
-// on a sample of its blocks (the first = top-left corner, two in the middle, the last =
-// bottom-right corner), the counters of every launch printed. The output is not checked (most
-// blocks do not run); the correctness cases above cover these kernels.
-void bench_counters() {
-  struct Preset {
-    const char* name;
-    int channels, layers;
-  };
-  const Preset presets[] = {{"M4C16", 16, 6}, {"M4C32", 32, 6}, {"M10C32", 32, 12}, {"M16C64", 64, 18}};
-  struct Io {
-    const char* name;
-    DType dtype, compute;
-    Layout layout;
-  };
-  const Io ios[] = {{"f32 nchw", DType::kFloat32, DType::kFloat32, Layout::kNchw},
-                    {"f16 nchw", DType::kFloat16, DType::kFloat16, Layout::kNchw},
-                    {"bf16 nchw", DType::kBFloat16, DType::kBFloat16, Layout::kNchw},
-                    {"u8 nhwc", DType::kUInt8, DType::kFloat16, Layout::kChannelsLast}};
+// x4 from N x 3 x 720 x 1280 for the benchmark presets, every compute type and the uint8 NHWC
+// image path: the plan the launcher picks (the emulated device is an H100 SXM / H200: 132 SMs,
+// 227 KiB of shared memory per block), each segment run on a sample of its blocks (the first =
+// top-left corner, two in the middle, the last = bottom-right corner). The output is not checked
+// (most blocks do not run); the correctness cases above cover these kernels.
+struct BenchPreset {
+  const char* name;
+  int channels, layers;
+};
+const BenchPreset kBenchPresets[] = {{"M4C16", 16, 6}, {"M4C32", 32, 6}, {"M10C32", 32, 12}, {"M16C64", 64, 18}};
+struct BenchIo {
+  const char* name;
+  DType dtype, compute;
+  Layout layout;
+};
+const BenchIo kBenchIos[] = {{"f32 nchw", DType::kFloat32, DType::kFloat32, Layout::kNchw},
+                             {"f16 nchw", DType::kFloat16, DType::kFloat16, Layout::kNchw},
+                             {"bf16 nchw", DType::kBFloat16, DType::kBFloat16, Layout::kNchw},
+                             {"u8 nhwc", DType::kUInt8, DType::kFloat16, Layout::kChannelsLast}};
+constexpr int kBenchScale = 4;
+constexpr int64_t kBenchH = 720, kBenchW = 1280;
+
+bool sampled_block(const std::string& kernel, uint64_t b, uint64_t blocks) {
+  return kernel == "pack_weights" || b == 0 || b == blocks / 2 || b == blocks / 2 + 1 || b + 1 == blocks;
+}
+uint64_t sampled_blocks(uint64_t blocks) {
+  uint64_t count = 0;
+  for (uint64_t b = 0; b < blocks; ++b) count += sampled_block("", b, blocks);
+  return count;
+}
+
+struct Sample {
+  ChainShape shape;
+  ChainPlan plan;
+  std::vector<repsr_emu::LaunchRecord> segments;  // one per plan segment
+};
+
+Sample sample_case(const BenchPreset& preset, const BenchIo& io, int64_t batch) {
   repsr_emu::Config& cfg = repsr_emu::config();
   const repsr_emu::Config saved = cfg;
-  cfg.block_filter = [](const std::string& kernel, uint64_t b, uint64_t blocks) {
-    return kernel == "pack_weights" || b == 0 || b == blocks / 2 || b == blocks / 2 + 1 || b + 1 == blocks;
-  };
-  const int64_t h = 720, w = 1280;
-  const int scale = 4;
-  for (const Preset& preset : presets) {
-    for (const Io& io : ios) {
-      std::mt19937 rng(7);
-      const TestNet host = make_net_widths(rng, chain(3, preset.channels, preset.layers, 3 * scale * scale), scale,
-                                           Activation::kPrelu, true, false);
-      const DeviceNet dev(host);
-      DeviceImage in, out;
-      make_image(&in, 1, 3, h, w, io.layout, io.dtype, "input");
-      make_image(&out, 1, 3, h * scale, w * scale, io.layout, io.dtype, "output");
-      fill_random(in, rng);
-      std::printf("%s x%d %lldx%lld %s (compute %s)\n", preset.name, scale, (long long)h, (long long)w, io.name,
-                  dtype_name(io.compute));
+  cfg.block_filter = sampled_block;
+  std::mt19937 rng(7);
+  const TestNet host = make_net_widths(rng, chain(3, preset.channels, preset.layers, 3 * kBenchScale * kBenchScale),
+                                       kBenchScale, Activation::kPrelu, true, false);
+  const DeviceNet dev(host);
+  DeviceImage in, out;
+  make_image(&in, batch, 3, kBenchH, kBenchW, io.layout, io.dtype, "input");
+  make_image(&out, batch, 3, kBenchH * kBenchScale, kBenchW * kBenchScale, io.layout, io.dtype, "output");
+  fill_random(in, rng);
+  const RunResult r = run_chain(dev.net, in.ref, out.ref, io.compute);
+  cfg = saved;
+  const std::string what = std::string(preset.name) + " " + io.name + " batch " + std::to_string(batch);
+  check(r.error.empty(), what + ": " + r.error);
+  check(r.reports.empty(), what + ": the emulator found problems (first: " + (r.reports.empty() ? "" : r.reports[0]) + ")");
+
+  Sample sample;
+  ChainShape& s = sample.shape;
+  s.path = io.compute == DType::kFloat32 ? Path::kFp32 : Path::kTensorCore;
+  s.widths = chain(3, preset.channels, preset.layers, 3 * kBenchScale * kBenchScale);
+  s.n = batch, s.h = kBenchH, s.w = kBenchW, s.scale = kBenchScale;
+  s.in_bytes = s.out_bytes = dtype_bytes(io.dtype);
+  s.residual = true;
+  DeviceModel d;  // what the launcher's query_device reports on the emulated device
+  d.sm_count = cfg.sm_count;
+  d.smem_per_block = cfg.smem_per_block_optin;
+  d.smem_per_sm = cfg.smem_per_sm;
+  sample.plan = plan_chain(d, s);
+  for (const auto& l : r.launches)
+    if (l.name != "pack_weights") sample.segments.push_back(l);
+  check(sample.segments.size() == sample.plan.segments.size(), what + ": one launch per planned segment");
+  return sample;
+}
+
+void bench_counters() {
+  for (const BenchPreset& preset : kBenchPresets)
+    for (const BenchIo& io : kBenchIos) {
+      std::printf("%s x%d %lldx%lld %s (compute %s)\n", preset.name, kBenchScale, (long long)kBenchH,
+                  (long long)kBenchW, io.name, dtype_name(io.compute));
       const bool print = g_print_counters;
       g_print_counters = true;
-      const RunResult r = run_chain(dev.net, in.ref, out.ref, io.compute);
+      sample_case(preset, io, 1);
       g_print_counters = print;
-      check(r.error.empty(), std::string(preset.name) + " " + io.name + ": " + r.error);
-      check(r.reports.empty(), std::string(preset.name) + " " + io.name + ": the emulator found problems (first: " +
-                                   (r.reports.empty() ? "" : r.reports[0]) + ")");
     }
+}
+
+// The plan and the sampled counters of every benchmark case, batch 1 and 8, as JSON for
+// benchmarks/gpu_model.py: per segment its layers, tile, blocks, shared memory, the useful MACs
+// and those the kernel executes (padding and halo recomputation included), and the counters of
+// the sampled blocks with their count, so that the model scales them to the whole launch.
+void model_json(const char* path) {
+  FILE* f = std::fopen(path, "w");
+  if (f == nullptr) {
+    check(false, std::string("cannot write ") + path);
+    return;
   }
-  cfg = saved;
+  std::fprintf(f, "{\"emulated_device\": {\"sm_count\": %d, \"smem_per_block\": %d},\n \"cases\": [\n",
+               repsr_emu::config().sm_count, repsr_emu::config().smem_per_block_optin);
+  bool first_case = true;
+  for (const BenchPreset& preset : kBenchPresets)
+    for (const BenchIo& io : kBenchIos)
+      for (int64_t batch : {int64_t{1}, int64_t{8}}) {
+        std::printf("%s %s batch %lld\n", preset.name, io.name, (long long)batch);
+        std::fflush(stdout);
+        const Sample sample = sample_case(preset, io, batch);
+        const ChainShape& s = sample.shape;
+        std::fprintf(f, "%s  {\"preset\": \"%s\", \"io\": \"%s\", \"compute\": \"%s\", \"batch\": %lld, "
+                     "\"height\": %lld, \"width\": %lld, \"scale\": %d, \"element_bytes\": %d, \"segments\": [\n",
+                     first_case ? "" : ",\n", preset.name, io.name, dtype_name(io.compute), (long long)batch,
+                     (long long)s.h, (long long)s.w, s.scale, s.in_bytes);
+        first_case = false;
+        for (size_t i = 0; i < sample.plan.segments.size() && i < sample.segments.size(); ++i) {
+          const SegmentPlan& seg = sample.plan.segments[i];
+          const repsr_emu::LaunchRecord& l = sample.segments[i];
+          const int k = seg.last - seg.first;
+          const int64_t blocks = grid_blocks(seg.grid);
+          double useful = 0, executed = 0;
+          for (int j = 0; j < k; ++j) {
+            const int cin = s.widths[seg.first + j], cout = s.widths[seg.first + j + 1];
+            const Plane pout = segment_plane(k, j + 1, seg.th, seg.tw, 0, 0);
+            useful += 9.0 * cin * cout * double(s.n) * s.h * s.w;
+            executed += s.path == Path::kFp32
+                            ? double(f32_items(cout, pout.rows, pout.cols)) * kF32Rows * kF32Couts * 9.0 * cin * blocks
+                            : double(tc_units(cout, pout.rows, pout.cols)) * kTcWarpPixels * 8.0 *
+                                  tc_warp_ntiles(cout) * 9.0 * tc_channels(cin) * blocks;
+          }
+          std::string widths;
+          for (int j = seg.first; j <= seg.last; ++j) widths += (j > seg.first ? "," : "") + std::to_string(s.widths[j]);
+          auto shared = [](const repsr_emu::SharedCounter& c) {
+            char b[160];
+            std::snprintf(b, sizeof b, "{\"requests\": %llu, \"wavefronts\": %llu, \"ideal\": %llu, \"bytes\": %llu}",
+                          (unsigned long long)c.requests, (unsigned long long)c.wavefronts,
+                          (unsigned long long)c.ideal_wavefronts, (unsigned long long)c.bytes);
+            return std::string(b);
+          };
+          auto global = [](const repsr_emu::GlobalCounter& c) {
+            char b[160];
+            std::snprintf(b, sizeof b, "{\"requests\": %llu, \"sectors\": %llu, \"useful_bytes\": %llu}",
+                          (unsigned long long)c.requests, (unsigned long long)c.sectors,
+                          (unsigned long long)c.useful_bytes);
+            return std::string(b);
+          };
+          std::fprintf(f, "%s    {\"first\": %d, \"last\": %d, \"widths\": [%s], \"tail\": %s, \"th\": %d, \"tw\": %d, "
+                       "\"blocks\": %lld, \"smem\": %lld, \"kernel\": \"%s\", \"useful_macs\": %.0f, \"executed_macs\": %.0f, "
+                       "\"sampled_blocks\": %llu, \"ldmatrix\": %s, \"shared_load\": %s, \"shared_store\": %s, "
+                       "\"global_load\": %s, \"global_store\": %s, \"mma\": %llu, \"barriers\": %llu}",
+                       i ? ",\n" : "", seg.first, seg.last, widths.c_str(), seg.last == s.num_layers() ? "true" : "false",
+                       seg.th, seg.tw, (long long)blocks, (long long)seg.smem.total, l.name.c_str(), useful, executed,
+                       (unsigned long long)l.blocks_run, shared(l.ldmatrix).c_str(), shared(l.shared_load).c_str(),
+                       shared(l.shared_store).c_str(), global(l.global_load).c_str(), global(l.global_store).c_str(),
+                       (unsigned long long)l.mma, (unsigned long long)l.barriers);
+          check(l.blocks_run == sampled_blocks(static_cast<uint64_t>(blocks)), "sampled blocks as filtered");
+        }
+        std::fprintf(f, "\n  ]}");
+      }
+  std::fprintf(f, "\n]}\n");
+  std::fclose(f);
 }
 
 }  // namespace
@@ -636,10 +744,13 @@ int main(int argc, char** argv) {
     else if (a == "--bench-counters") {
       bench_counters();
       return report();
+    } else if (a == "--model-json" && i + 1 < argc) {
+      model_json(argv[++i]);
+      return report();
     }
     else if (a == "--case" && i + 1 < argc) filter = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites]\n",
+      std::fprintf(stderr, "usage: %s [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites] [--model-json FILE]\n",
                    argv[0]);
       return 2;
     }
