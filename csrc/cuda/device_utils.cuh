@@ -6,6 +6,9 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "device_api.cuh"
 #include "kernels.cuh"
@@ -276,6 +279,34 @@ const char* check_kernel_arch(Kernel kernel, int min_arch, std::atomic<int> (&ve
 }
 
 // Sets the dynamic shared-memory limit of `kernel` and launches it over the segment's tiles.
+// cudaFuncSetAttribute once per (kernel, device, limit): it is a driver call, and every caller sets
+// the same value (the device's opt-in maximum), so a repeat has nothing to change.
+template <typename Kernel>
+cudaError_t set_max_dynamic_smem_once(Kernel kernel, int limit) {
+  // One cache for all kernels of a signature (the template's static is per type, not per kernel).
+  static std::mutex mutex;
+  static std::vector<std::pair<const void*, std::pair<int, int>>> done;  // kernel, (device, last limit)
+  const void* key = reinterpret_cast<const void*>(kernel);
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    device = -1;
+  }
+  std::lock_guard<std::mutex> lock(mutex);
+  // The attribute keeps the last value set, so compare with that (not with any value ever set).
+  std::pair<const void*, std::pair<int, int>>* entry = nullptr;
+  for (auto& d : done)
+    if (d.first == key && d.second.first == device) entry = &d;
+  if (entry != nullptr && entry->second.second == limit) return cudaSuccess;
+  const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, limit);
+  if (err != cudaSuccess || device < 0) return err;
+  if (entry != nullptr)
+    entry->second.second = limit;
+  else
+    done.emplace_back(key, std::make_pair(device, limit));
+  return err;
+}
+
 template <typename Kernel>
 const char* launch_segment_kernel(Kernel kernel, const char* name, const SegmentParams& p,
                                   int64_t smem_bytes, int64_t smem_limit, cudaStream_t stream,
@@ -284,8 +315,7 @@ const char* launch_segment_kernel(Kernel kernel, const char* name, const Segment
   if (blocks <= 0) return nullptr;
   if (blocks > kMaxGridBlocks) return "too many tiles for one launch (grid limit 2^31 - 1)";
   if (smem_bytes > smem_limit) return "a segment needs more shared memory than the device has";
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(smem_limit));
+  cudaError_t err = set_max_dynamic_smem_once(kernel, static_cast<int>(smem_limit));
   if (err != cudaSuccess) {
     (void)cudaGetLastError();  // not a sticky error: clear it so later checks see their own
     return launch_problem(err, attr_error);

@@ -544,6 +544,17 @@ void test_host_checks() {
   check(r.error.find("sm_80") != std::string::npos, "fp16 on sm_75 is refused, got: " + r.error);
   check(r.launches.empty(), "nothing is launched for fp16 on sm_75");
 
+  // cudaFuncSetAttribute once per kernel and device: a second identical call sets nothing again.
+  {
+    RunResult first = run_chain(dev.net, in.ref, out.ref, DType::kFloat16);
+    const uint64_t before = repsr_emu::func_set_attribute_calls();
+    RunResult again = run_chain(dev.net, in.ref, out.ref, DType::kFloat16);
+    check(first.error.empty() && again.error.empty() && again.reports.empty(), "two identical runs succeed");
+    check(repsr_emu::func_set_attribute_calls() == before,
+          "the second run sets no kernel attribute again (" +
+              std::to_string(repsr_emu::func_set_attribute_calls() - before) + " calls)");
+  }
+
   // A workspace one byte short.
   r = run_chain(dev.net, in.ref, out.ref, DType::kFloat16, -1);
   check(r.error.find("workspace") != std::string::npos, "a short workspace is refused, got: " + r.error);

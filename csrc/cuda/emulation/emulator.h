@@ -83,6 +83,10 @@ std::vector<std::string> take_reports();
 std::string describe(const LaunchRecord& r);
 std::string describe_sites(const LaunchRecord& r);
 
+// How many times cudaFuncSetAttribute succeeded, process-wide (the launcher sets it once per
+// kernel and device).
+uint64_t func_set_attribute_calls();
+
 // Device memory: every global address a kernel touches must lie in one of these allocations.
 void* device_malloc(size_t bytes, const char* label);
 void device_free(void* p);

@@ -70,6 +70,7 @@ struct Allocation {
 };
 std::map<uintptr_t, Allocation> g_allocations;
 std::map<const void*, int> g_max_dynamic_smem;  // cudaFuncAttributeMaxDynamicSharedMemorySize
+uint64_t g_func_set_attribute_calls = 0;      // successful cudaFuncSetAttribute calls
 std::mutex g_launch_mutex;                      // one kernel at a time, as on one stream
 uint64_t g_launch_count = 0;
 
@@ -1166,7 +1167,13 @@ cudaError_t func_set_attribute(const void* func, cudaFuncAttribute attr, int val
   }
   std::lock_guard<std::mutex> lock(g_mutex);
   g_max_dynamic_smem[func] = value;
+  ++g_func_set_attribute_calls;
   return cudaSuccess;
+}
+
+uint64_t func_set_attribute_calls() {
+  std::lock_guard<std::mutex> lock(g_mutex);
+  return g_func_set_attribute_calls;
 }
 
 cudaError_t func_get_attributes(cudaFuncAttributes* attr, const void* func) {
