@@ -113,6 +113,23 @@ __device__ __forceinline__ void tail_stage_if(bool pred, const SegmentParams& p,
   }
 }
 
+// Element i, in memory order, of a tile's output of `rows` x (row_len / out_c or row_len)
+// elements per channel: (channel, row, column) of the tile. NHWC (`interleaved`): rows of pixels
+// with their channels; NCHW: each channel's rows in turn.
+__device__ __forceinline__ void output_element(int i, int row_len, int rows, int out_c, bool interleaved, int* c,
+                                               int* oy, int* ox) {
+  const int row = i / row_len, e = i - row * row_len;
+  if (interleaved) {
+    *oy = row;
+    *ox = e / out_c;
+    *c = e - *ox * out_c;
+  } else {
+    *c = row / rows;
+    *oy = row - *c * rows;
+    *ox = e;
+  }
+}
+
 // The staged tile (in-image part) to the output in the output's memory order: output rows of one
 // channel (NCHW), or of all channels interleaved (NHWC / channels_last); consecutive threads take
 // consecutive elements, which are consecutive in memory.
@@ -127,17 +144,8 @@ __device__ void write_tail_rows(const SegmentParams& p, const TailTarget& t, con
   const int64_t oy0 = tile.y0 * r, ox0 = tile.x0 * r;
   E* out = static_cast<E*>(p.out.data);
   for (int i = threadIdx.x; i < row_count * row_len; i += kThreads) {
-    const int row = i / row_len, e = i - row * row_len;
     int c, oy, ox;
-    if (interleaved) {
-      oy = row;
-      ox = e / t.out_c;
-      c = e - ox * t.out_c;
-    } else {
-      c = row / rows;
-      oy = row - c * rows;
-      ox = e;
-    }
+    output_element(i, row_len, rows, t.out_c, interleaved, &c, &oy, &ox);
     const char* src = t.stage + c * t.layout.channel_pitch + oy * t.layout.pitch + ox * static_cast<int>(sizeof(E));
     st_global(out + image_offset(p.out, tile.n, c, oy0 + oy, ox0 + ox), ld_shared(reinterpret_cast<const E*>(src)));
   }

@@ -55,17 +55,8 @@ __device__ void f32_write_tail(const SegmentParams& p, const TileCoord& tile, co
   const int row_len = interleaved ? cols * out_c : cols;
   const int row_count = interleaved ? rows : rows * out_c;
   for (int i = threadIdx.x; i < row_count * row_len; i += kThreads) {
-    const int row = i / row_len, e = i - row * row_len;
     int c, oy, ox;
-    if (interleaved) {
-      oy = row;
-      ox = e / out_c;
-      c = e - ox * out_c;
-    } else {
-      c = row / rows;
-      oy = row - c * rows;
-      ox = e;
-    }
+    output_element(i, row_len, rows, out_c, interleaved, &c, &oy, &ox);
     const int y = oy / r, x = ox / r;
     const int co = (c * r + (oy - y * r)) * r + (ox - x * r);
     float v = ld_shared(plane + (co * th + y) * tw + x);

@@ -39,6 +39,28 @@ __device__ void load_plane_from_image(const SegmentParams& p, int64_t n, const P
   }
 }
 
+// Work item i of a plane <-> map copy (tiling.cuh, tc_chunk_item): its pixel (clamped to pixel 0
+// when past the plane: `real` false), chunk, image position and whether that is in the image.
+struct ChunkItem {
+  int pix, chunk;
+  int64_t y, x;
+  bool real, inside;
+};
+
+__device__ __forceinline__ ChunkItem chunk_item(const SegmentParams& p, const Plane& pl, int i, int chunks,
+                                                int pixels) {
+  ChunkItem it;
+  int pix;
+  tc_chunk_item(i, chunks, &pix, &it.chunk);
+  it.real = pix < pixels;
+  it.pix = it.real ? pix : 0;
+  const int py = it.pix / pl.cols, px = it.pix - py * pl.cols;
+  it.y = pl.y0 + py;
+  it.x = pl.x0 + px;
+  it.inside = it.real && in_image(it.y, it.x, p.height, p.width);
+  return it;
+}
+
 // Plane 0 from the previous segment's NHWC map (tc_channels(cin) channels per pixel, already zero
 // in the padding): 16-byte chunks in tc_chunk_item order (conflict-free, whole sectors).
 template <typename T>
@@ -50,13 +72,10 @@ __device__ void load_plane_from_map(const SegmentParams& p, int64_t n, const Pla
   const T* map = static_cast<const T*>(p.map_in);
   const int items = static_cast<int>(tc_chunk_items(pixels, chunks));
   for (int i = threadIdx.x; i < items; i += kThreads) {
-    int pix, chunk;
-    tc_chunk_item(i, chunks, &pix, &chunk);
-    const bool real = pix < pixels;
-    const int q = real ? pix : 0;
-    const int py = q / pl.cols, px = q - py * pl.cols;
-    const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = real && in_image(y, x, p.height, p.width);
+    const ChunkItem it = chunk_item(p, pl, i, chunks, pixels);
+    const int q = it.pix, chunk = it.chunk;
+    const int64_t y = it.y, x = it.x;
+    const bool real = it.real, inside = it.inside;
     const uint4* src =
         reinterpret_cast<const uint4*>(map + (inside ? tc_map_offset(n, y, x, p.height, p.width, cpad) : 0)) + chunk;
     st_shared_if(real, reinterpret_cast<uint4*>(dst + q * stride + chunk * 8),
@@ -74,13 +93,10 @@ __device__ void store_plane_to_map(const SegmentParams& p, int64_t n, const Plan
   T* map = static_cast<T*>(p.map_out);
   const int items = static_cast<int>(tc_chunk_items(pixels, chunks));
   for (int i = threadIdx.x; i < items; i += kThreads) {
-    int pix, chunk;
-    tc_chunk_item(i, chunks, &pix, &chunk);
-    const bool real = pix < pixels;
-    const int q = real ? pix : 0;
-    const int py = q / pl.cols, px = q - py * pl.cols;
-    const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = real && in_image(y, x, p.height, p.width);
+    const ChunkItem it = chunk_item(p, pl, i, chunks, pixels);
+    const int q = it.pix, chunk = it.chunk;
+    const int64_t y = it.y, x = it.x;
+    const bool inside = it.inside;
     uint4* dst = reinterpret_cast<uint4*>(map + (inside ? tc_map_offset(n, y, x, p.height, p.width, cpad) : 0)) + chunk;
     st_global_if(inside, dst, ld_shared(reinterpret_cast<const uint4*>(src + q * stride + chunk * 8)));
   }
