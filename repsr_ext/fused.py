@@ -17,6 +17,9 @@ import torch
 from . import images, ops
 from .nets import PlainSR, RepSRNet
 
+# ITU-R BT.601 luma weights (R, G, B): grey output of RGB models, the Y of Y models.
+LUMA = (0.299, 0.587, 0.114)
+
 # dtypes the fused op accepts on each device type.
 SUPPORTED_DTYPES = {
     "cpu": (torch.float32,),
@@ -181,15 +184,19 @@ class FusedSR:
         if color.dtype == np.uint8:
             return self._upscale_u8(color, tile)
         x = torch.from_numpy(color.astype(np.float32) / 65535.0).permute(2, 0, 1).unsqueeze(0)
-        x = x.to(device=self.device, dtype=self.dtype)
+        y = self._run_clamped(x, tile)[0].permute(1, 2, 0).numpy()
+        return np.clip(y.astype(np.float64), 0, 1)
 
+    def _run_clamped(self, x: torch.Tensor, tile) -> torch.Tensor:
+        """The float op with clamping on a CPU float32 [1, C, H, W] image in [0, 1] (any device,
+        the model's dtype on the way): float32 [1, C_out, rH, rW] on the CPU."""
         def run(crop: torch.Tensor) -> torch.Tensor:
             return torch.ops.repsr_ext.fused_sr(
                 crop, self.weights, self.biases, self.neg_slopes, self.scale, self.residual, True
             )
 
-        y = self._tiled(run, x, spatial_dims=(2, 3), tile=tile, image=True)[0].float().permute(1, 2, 0).cpu().numpy()
-        return np.clip(y.astype(np.float64), 0, 1)
+        x = x.to(device=self.device, dtype=self.dtype)
+        return self._tiled(run, x, spatial_dims=(2, 3), tile=tile, image=True).float().cpu()
 
     def _run_y_model(self, rgb: np.ndarray, tile) -> np.ndarray:
         """A one-channel (Y) model on an RGB image, as Y-trained SR papers evaluate it: Y (BT.601,
@@ -197,18 +204,10 @@ class FusedSR:
         top = 255.0 if rgb.dtype == np.uint8 else 65535.0
         x = torch.from_numpy(rgb.astype(np.float32) / top).permute(2, 0, 1).unsqueeze(0)
         r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-        y = 0.299 * r + 0.587 * g + 0.114 * b
+        y = LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
         chroma = torch.cat([(b - y) / 1.772, (r - y) / 1.402], dim=1)  # Cb, Cr (centred on 0)
         chroma = torch.nn.functional.interpolate(chroma, scale_factor=self.scale, mode="bicubic", align_corners=False)
-
-        def run(crop: torch.Tensor) -> torch.Tensor:
-            return torch.ops.repsr_ext.fused_sr(
-                crop, self.weights, self.biases, self.neg_slopes, self.scale, self.residual, True
-            )
-
-        y_up = self._tiled(run, y.to(device=self.device, dtype=self.dtype), spatial_dims=(2, 3), tile=tile,
-                           image=True)
-        y_up = y_up.float().cpu()
+        y_up = self._run_clamped(y, tile)
         cb, cr = chroma[:, 0:1], chroma[:, 1:2]
         out = torch.cat([y_up + 1.402 * cr, y_up - 0.344136 * cb - 0.714136 * cr, y_up + 1.772 * cb], dim=1)
         out = out[0].permute(1, 2, 0).clamp(0, 1).mul(top).round().numpy()
@@ -318,7 +317,7 @@ def _quantize(values01: np.ndarray, dtype) -> np.ndarray:
 def _luma(rgb: np.ndarray) -> np.ndarray:
     """H x W x 3 -> H x W x 1: ITU-R 601 luma, as PIL's convert("L"). uint8 stays uint8; float
     values in [0, 1] (from 16-bit input) become uint16."""
-    y = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    y = rgb.astype(np.float64) @ np.array(LUMA)
     if rgb.dtype == np.uint8:
         return np.clip(np.round(y), 0, 255).astype(np.uint8)[:, :, None]
     return _quantize(y, np.uint16)[:, :, None]

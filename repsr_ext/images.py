@@ -29,13 +29,14 @@ the resolution (DPI) is multiplied by the upscaling factor, so the printed size 
 from __future__ import annotations
 
 import io
-import os
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from .formats import _atomic_write
 
 # PIL's own limit (it raises DecompressionBombError at twice MAX_IMAGE_PIXELS); the CLI's
 # --max-pixels changes it per call.
@@ -394,20 +395,17 @@ def write_image_file(path, picture: Picture, quality: int | None = None) -> list
     if picture.alpha is not None and suffix not in ALPHA_SUFFIXES:
         notes.append(f"{path}: alpha channel dropped ({suffix} has none)")
         picture = replace(picture, alpha=None)
-    tmp = path.with_name(f".{path.name}.partial{os.getpid()}{path.suffix}")
-    try:
-        if picture.bit_depth == 16 and suffix == ".png" and not (picture.grayscale and picture.alpha is None):
-            _write_png16(tmp, picture)
-        elif picture.bit_depth == 16 and suffix in (".tif", ".tiff"):
-            _write_tiff16(tmp, picture)
-        else:
+    if picture.bit_depth == 16 and suffix == ".png" and not (picture.grayscale and picture.alpha is None):
+        write = _write_png16
+    elif picture.bit_depth == 16 and suffix in (".tif", ".tiff"):
+        write = _write_tiff16
+    else:
+        def write(tmp, picture):  # the format comes from the target's suffix, not the temporary's
             _write_pil(tmp, picture, suffix, quality)
-        os.replace(tmp, path)
+    try:
+        _atomic_write(path, lambda tmp: write(Path(tmp), picture))
     except (OSError, ValueError, KeyError) as e:
         raise ImageFileError(f"cannot write {path}: {e}") from None
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return notes
 
 
