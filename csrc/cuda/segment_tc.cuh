@@ -23,7 +23,7 @@ template <typename T>
 __device__ void load_plane_from_image(const SegmentParams& p, int64_t n, const Plane& pl, int cin,
                                       T* dst) {
   const int pixels = pl.rows * pl.cols;
-  const int cpad = tc_channels(cin), stride = tc_pixel_stride(cin);
+  const int cpad = tc_channels(cin);
   for (int pix = threadIdx.x; pix < pixels; pix += kThreads) {
     const int py = pix / pl.cols, px = pix - py * pl.cols;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
@@ -34,27 +34,29 @@ __device__ void load_plane_from_image(const SegmentParams& p, int64_t n, const P
       for (int e = 0; e < 8; ++e) v[e] = load_image_if(inside && c0 + e < cin, p.image, n, c0 + e, y, x);
       const uint4 packed = make_uint4(TcType<T>::pack(v[0], v[1]), TcType<T>::pack(v[2], v[3]),
                                       TcType<T>::pack(v[4], v[5]), TcType<T>::pack(v[6], v[7]));
-      st_shared(reinterpret_cast<uint4*>(dst + pix * stride + c0), packed);
+      st_shared(reinterpret_cast<uint4*>(dst + tc_pixel_offset(cin, pl.cols, py, px) + c0), packed);
     }
   }
 }
 
-// Work item i of a plane <-> map copy (tiling.cuh, tc_chunk_item): its pixel (clamped to pixel 0
-// when past the plane: `real` false), chunk, image position and whether that is in the image.
+// Work item i of a plane <-> map copy (tiling.cuh, tc_chunk_item) of a plane of `c` channels: its
+// pixel's element offset in the plane (pixel 0 when past the plane: `real` false), chunk, image
+// position and whether that is in the image.
 struct ChunkItem {
-  int pix, chunk;
+  int offset, chunk;
   int64_t y, x;
   bool real, inside;
 };
 
-__device__ __forceinline__ ChunkItem chunk_item(const SegmentParams& p, const Plane& pl, int i, int chunks,
-                                                int pixels) {
+__device__ __forceinline__ ChunkItem chunk_item(const SegmentParams& p, const Plane& pl, int c, int i,
+                                                int chunks, int pixels) {
   ChunkItem it;
   int pix;
   tc_chunk_item(i, chunks, &pix, &it.chunk);
   it.real = pix < pixels;
-  it.pix = it.real ? pix : 0;
-  const int py = it.pix / pl.cols, px = it.pix - py * pl.cols;
+  if (!it.real) pix = 0;
+  const int py = pix / pl.cols, px = pix - py * pl.cols;
+  it.offset = tc_pixel_offset(c, pl.cols, py, px);
   it.y = pl.y0 + py;
   it.x = pl.x0 + px;
   it.inside = it.real && in_image(it.y, it.x, p.height, p.width);
@@ -67,18 +69,18 @@ template <typename T>
 __device__ void load_plane_from_map(const SegmentParams& p, int64_t n, const Plane& pl, int cin,
                                     T* dst) {
   const int pixels = pl.rows * pl.cols;
-  const int cpad = tc_channels(cin), stride = tc_pixel_stride(cin);
+  const int cpad = tc_channels(cin);
   const int chunks = cpad / 8;
   const T* map = static_cast<const T*>(p.map_in);
   const int items = static_cast<int>(tc_chunk_items(pixels, chunks));
   for (int i = threadIdx.x; i < items; i += kThreads) {
-    const ChunkItem it = chunk_item(p, pl, i, chunks, pixels);
-    const int q = it.pix, chunk = it.chunk;
+    const ChunkItem it = chunk_item(p, pl, cin, i, chunks, pixels);
+    const int chunk = it.chunk;
     const int64_t y = it.y, x = it.x;
     const bool real = it.real, inside = it.inside;
     const uint4* src =
         reinterpret_cast<const uint4*>(map + (inside ? tc_map_offset(n, y, x, p.height, p.width, cpad) : 0)) + chunk;
-    st_shared_if(real, reinterpret_cast<uint4*>(dst + q * stride + chunk * 8),
+    st_shared_if(real, reinterpret_cast<uint4*>(dst + it.offset + chunk * 8),
                  ld_global_if(inside, src, make_uint4(0, 0, 0, 0)));
   }
 }
@@ -88,17 +90,17 @@ template <typename T>
 __device__ void store_plane_to_map(const SegmentParams& p, int64_t n, const Plane& pl, int cout,
                                    const T* src) {
   const int pixels = pl.rows * pl.cols;
-  const int cpad = tc_channels(cout), stride = tc_pixel_stride(cout);
+  const int cpad = tc_channels(cout);
   const int chunks = cpad / 8;
   T* map = static_cast<T*>(p.map_out);
   const int items = static_cast<int>(tc_chunk_items(pixels, chunks));
   for (int i = threadIdx.x; i < items; i += kThreads) {
-    const ChunkItem it = chunk_item(p, pl, i, chunks, pixels);
-    const int q = it.pix, chunk = it.chunk;
+    const ChunkItem it = chunk_item(p, pl, cout, i, chunks, pixels);
+    const int chunk = it.chunk;
     const int64_t y = it.y, x = it.x;
     const bool inside = it.inside;
     uint4* dst = reinterpret_cast<uint4*>(map + (inside ? tc_map_offset(n, y, x, p.height, p.width, cpad) : 0)) + chunk;
-    st_global_if(inside, dst, ld_shared(reinterpret_cast<const uint4*>(src + q * stride + chunk * 8)));
+    st_global_if(inside, dst, ld_shared(reinterpret_cast<const uint4*>(src + it.offset + chunk * 8)));
   }
 }
 
@@ -112,8 +114,8 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
   static_assert(NT % 2 == 0, "B tiles are loaded in pairs");
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int cin_p = tc_channels(layer.cin);
-  const int in_stride = tc_pixel_stride(layer.cin);
-  const int out_cpad = tc_channels(layer.cout), out_stride = tc_pixel_stride(layer.cout);
+  const int in_stride = tc_pixel_stride(layer.cin), in_pitch = tc_row_pitch(layer.cin, pin.cols);
+  const int out_cpad = tc_channels(layer.cout);
   const int pixels = pout.rows * pout.cols;
   const int m_blocks = static_cast<int>(ceil_div(pixels, kTcWarpPixels));
   const int pairs = tc_cout_alloc(layer.cout) / 16;  // n8 tile pairs in the packed weights
@@ -135,7 +137,7 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
     for (int mt = 0; mt < MT; ++mt) {
       const int m = imin(mb * kTcWarpPixels + mt * 16 + tc_a_row(lane), pixels - 1);
       const int py = m / pout.cols, px = m - py * pout.cols;
-      a_addr[mt] = in_base + static_cast<uint32_t>(((py * pin.cols + px) * in_stride + tc_a_col(lane)) *
+      a_addr[mt] = in_base + static_cast<uint32_t>((py * in_pitch + px * in_stride + tc_a_col(lane)) *
                                                    static_cast<int>(sizeof(T)));
     }
 
@@ -178,7 +180,7 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
       if (++cc == c_steps) {
         cc = 0;
         ++tap;
-        tap_offset = static_cast<uint32_t>(((tap / 3) * pin.cols + tap % 3) * in_stride *
+        tap_offset = static_cast<uint32_t>(((tap / 3) * in_pitch + (tap % 3) * in_stride) *
                                            static_cast<int>(sizeof(T)));
       }
     }
@@ -209,7 +211,8 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
           } else if (co < out_cpad) {  // the same for every lane of the n8 tile
             if (!inside || co >= layer.cout) v0 = 0.0f;
             if (!inside || co + 1 >= layer.cout) v1 = 0.0f;
-            st_shared_if(valid, reinterpret_cast<uint32_t*>(out + (valid ? m * out_stride + co : 0)),
+            st_shared_if(valid, reinterpret_cast<uint32_t*>(
+                                    out + (valid ? tc_pixel_offset(layer.cout, pout.cols, py, px) + co : 0)),
                          TcType<T>::pack(v0, v1));
           }
         }

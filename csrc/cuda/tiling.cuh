@@ -146,6 +146,28 @@ REPSR_HD ShuffleTarget shuffle_target(int co, int r) {
 // ---- Channel layouts ----------------------------------------------------------------------------
 REPSR_HD int tc_channels(int c) { return static_cast<int>(round_up(c, kTcChannelAlign)); }
 REPSR_HD int tc_pixel_stride(int c) { return tc_channels(c) + kTcPixelSkew; }
+// Row pitch, in elements, of a tensor-core plane of `cols` pixels. An ldmatrix phase reads 8
+// consecutive output pixels m of the layer (row-major over the output plane, cols - 2 wide) at
+// input addresses py * pitch + px * stride: with the natural pitch cols * stride, a phase that wraps
+// an output row skips 2 input pixels and two of its rows share a bank group (2 wavefronts). Padding
+// each row by (-2 * stride) mod 8 16-byte units makes pitch = (cols - 2) * stride (mod 8 units), so
+// every phase reads s * m + const (mod 8) with s = stride in units odd: 8 distinct bank groups, at
+// any tap, any column count. When cols - 2 is a multiple of 8 no phase wraps a row and the natural
+// pitch is kept. The price elsewhere: groups of 8 consecutive pixels *written* into a padded plane
+// (epilogue stores, plane loads) see the shift where they wrap one of its rows (not when cols is a
+// multiple of 8). Those are 2 NT store instructions per warp unit against 18 cin_p / 16 ldmatrix
+// phases; no pitch serves both where cols and cols - 2 are both not multiples of 8, since the wrap
+// shift the reader needs (cols - 2) and the one the writer needs (cols) differ.
+REPSR_HD int tc_row_pad_units(int c, int cols) {
+  if ((cols - 2) % 8 == 0) return 0;
+  const int s = tc_pixel_stride(c) * 2 / 16;  // odd
+  return ((-2 * s) % 8 + 8) % 8;                // 2 or 6
+}
+REPSR_HD int tc_row_pitch(int c, int cols) { return cols * tc_pixel_stride(c) + tc_row_pad_units(c, cols) * 8; }
+// Element offset of plane pixel (py, px).
+REPSR_HD int tc_pixel_offset(int c, int cols, int py, int px) {
+  return py * tc_row_pitch(c, cols) + px * tc_pixel_stride(c);
+}
 // n8 tiles per warp unit: the whole (padded) cout up to 64 channels (2, 4, 6 or 8 tiles), else
 // units of 64 channels.
 REPSR_HD int tc_warp_ntiles(int cout) {
@@ -219,7 +241,7 @@ REPSR_HD int64_t tc_units(int cout, int rows, int cols) {
 // ---- Shared memory ------------------------------------------------------------------------------
 REPSR_HD int64_t plane_bytes(Path path, int channels, int rows, int cols) {
   const int64_t pixels = int64_t{rows} * cols;
-  return path == Path::kFp32 ? pixels * channels * 4 : pixels * tc_pixel_stride(channels) * 2;
+  return path == Path::kFp32 ? pixels * channels * 4 : int64_t{rows} * tc_row_pitch(channels, cols) * 2;
 }
 
 REPSR_HD int dtype_bytes(DType t) {

@@ -421,10 +421,15 @@ void test_tc_fragments(int cin, int cout, int rows_out, int cols_out) {
   const int cin_p = tc_channels(cin), stride = tc_pixel_stride(cin);
   const int calloc = tc_cout_alloc(cout), NT = tc_warp_ntiles(cout), pairs = calloc / 16;
   const int rows_in = rows_out + 2, cols_in = cols_out + 2;
-  // Input plane with the kernel's layout; channel padding zero, skew garbage.
-  std::vector<double> plane(static_cast<size_t>(rows_in) * cols_in * stride, 0.0);
-  for (int pix = 0; pix < rows_in * cols_in; ++pix)
-    for (int c = 0; c < stride; ++c) plane[static_cast<size_t>(pix) * stride + c] = c < cin ? uni(rng) : (c < cin_p ? 0.0 : 1e30);
+  // Input plane with the kernel's layout (pixel stride, row pitch); channel padding zero, skew and
+  // row padding garbage (never read: a read would show in the error).
+  const int pitch = tc_row_pitch(cin, cols_in);
+  auto at = [&](int py, int px) { return static_cast<size_t>(tc_pixel_offset(cin, cols_in, py, px)); };
+  std::vector<double> plane(static_cast<size_t>(rows_in) * pitch, 1e30);
+  for (int py = 0; py < rows_in; ++py)
+    for (int px = 0; px < cols_in; ++px)
+      for (int c = 0; c < cin_p; ++c) plane[at(py, px) + c] = c < cin ? uni(rng) : 0.0;
+  check(stride * cols_in <= pitch && pitch * 2 % 16 == 0, "row pitch holds a row, 16-byte aligned: cin " + std::to_string(cin));
   std::vector<double> w(static_cast<size_t>(cout) * cin * 9);
   for (double& v : w) v = uni(rng);
   // Pack B with tc_b_source exactly as pack_weights_kernel does.
@@ -464,8 +469,7 @@ void test_tc_fragments(int cin, int cout, int rows_out, int cols_out) {
           for (int lane = 0; lane < 32; ++lane) {
             const int m = std::min(mb * kTcWarpPixels + mt * 16 + tc_a_row(lane), pixels - 1);
             const int py = m / cols_out, px = m % cols_out;
-            row_addr[lane] = (static_cast<int64_t>(py + tap / 3) * cols_in + px + tap % 3) * stride +
-                             tc_a_col(lane) + cc * 16;
+            row_addr[lane] = static_cast<int64_t>(at(py + tap / 3, px + tap % 3)) + tc_a_col(lane) + cc * 16;
           }
           // Lane l's register i holds matrix i, row l / 4, elements 2 (l % 4) + {0, 1}.
           double A[16][16];
@@ -524,12 +528,78 @@ void test_tc_fragments(int cin, int cout, int rows_out, int cols_out) {
         for (int ci = 0; ci < cin; ++ci)
           for (int tap = 0; tap < 9; ++tap)
             ref += w[(static_cast<size_t>(co) * cin + ci) * 9 + tap] *
-                   plane[(static_cast<size_t>(py + tap / 3) * cols_in + px + tap % 3) * stride + ci];
+                   plane[at(py + tap / 3, px + tap % 3) + ci];
       err = std::max(err, std::abs(ref - out[static_cast<size_t>(m) * calloc + co]));
       once = once && out_writes[static_cast<size_t>(m) * calloc + co] == 1;
     }
   check(once, "tc epilogue writes each (pixel, channel) once: " + what);
   check(err < 1e-9, "tc fragment emulation == direct conv (err " + std::to_string(err) + "): " + what);
+}
+
+// Bank conflicts of the tensor-core conv layer by the emulator's bank model, for every plane width
+// a tile can have: each ldmatrix.x4 (4 phases of 8 lanes, lane l supplying row l % 8 of matrix
+// l / 8) over every m16 tile, tap and k16 step is conflict-free; the epilogue's pair stores into the
+// next plane cost at most 2 wavefronts where a group of 8 pixels wraps a row once (planes >= 8
+// wide; the trade documented at tc_row_pitch). Narrower planes (tiny images) are reported.
+void test_tc_plane_banks() {
+  bool loads_free = true, stores_bounded = true;
+  std::string where;
+  uint64_t store_waves[2] = {0, 0}, store_ideal[2] = {0, 0}, load_waves = 0, load_ideal = 0;
+  for (int cin : {3, 16, 32, 48, 64, 96})
+    for (int cout : {16, 32, 48, 64})
+      for (int cols_out = 1; cols_out <= 72; ++cols_out) {
+        const int rows_out = std::max(1, 96 / cols_out + 2);
+        const int cols_in = cols_out + 2, pixels = rows_out * cols_out;
+        const int cin_p = tc_channels(cin), in_stride = tc_pixel_stride(cin), in_pitch = tc_row_pitch(cin, cols_in);
+        for (int m0 = 0; m0 < pixels; m0 += 16) {
+          for (int tap = 0; tap < 9; ++tap)
+            for (int cc = 0; cc < cin_p / 16; ++cc) {
+              repsr_emu::WarpRequest req;
+              req.active = 0xffffffffu;
+              req.bytes = 16;
+              for (int lane = 0; lane < 32; ++lane) {
+                const int m = std::min(m0 + tc_a_row(lane), pixels - 1);
+                const int py = m / cols_out, px = m % cols_out;
+                req.addr[lane] = static_cast<uint64_t>(
+                    2 * ((py + tap / 3) * in_pitch + (px + tap % 3) * in_stride + tc_a_col(lane) + cc * 16));
+              }
+              const repsr_emu::SharedCost cost = repsr_emu::shared_cost(req);
+              load_waves += cost.wavefronts;
+              load_ideal += cost.ideal;
+              if (cost.wavefronts != cost.ideal && loads_free) {
+                loads_free = false;
+                where = " (cin " + std::to_string(cin) + ", plane width " + std::to_string(cols_out) + ", m " +
+                        std::to_string(m0) + ", tap " + std::to_string(tap) + ")";
+              }
+            }
+          for (int nt = 0; nt < tc_channels(cout) / 8; ++nt)
+            for (int h = 0; h < 2; ++h) {
+              repsr_emu::WarpRequest req;
+              req.active = 0;
+              req.bytes = 4;
+              for (int lane = 0; lane < 32; ++lane) {
+                const int m = m0 + tc_acc_row(lane, 2 * h);
+                if (m >= pixels) continue;
+                req.active |= 1u << lane;
+                req.addr[lane] = static_cast<uint64_t>(
+                    2 * (tc_pixel_offset(cout, cols_out, m / cols_out, m % cols_out) + nt * 8 + tc_acc_col(lane, 0)));
+              }
+              if (!req.active) continue;
+              const repsr_emu::SharedCost cost = repsr_emu::shared_cost(req);
+              const int wide = cols_out >= 8;
+              store_waves[wide] += cost.wavefronts;
+              store_ideal[wide] += cost.ideal;
+              stores_bounded = stores_bounded && (!wide || cost.wavefronts <= 2 * cost.ideal);
+            }
+        }
+      }
+  check(loads_free, "tensor-core ldmatrix phases are conflict-free at every plane width and tap" + where);
+  check(stores_bounded, "tensor-core epilogue stores: at most 2 wavefronts where a pixel group wraps a row");
+  const double load_ratio = double(load_waves) / double(load_ideal);
+  const double narrow = double(store_waves[0]) / double(store_ideal[0]), wide = double(store_waves[1]) / double(store_ideal[1]);
+  std::printf("  tc plane banks: ldmatrix x%.3f (widths 1..72); epilogue stores x%.3f (widths 8..72), x%.3f (1..7)\n",
+              load_ratio, wide, narrow);
+  check(load_ratio == 1.0 && wide < 1.2, "tensor-core plane bank model: ldmatrix x1, stores on planes >= 8 wide under x1.2");
 }
 
 void test_channel_layouts() {
@@ -575,11 +645,12 @@ void test_smem_layout() {
           }
         }
   check(ok, "segment shared-memory buffers hold every plane and do not overlap");
-  // Concrete numbers: 4 x 16 channels fp16, 32x32 tile, tail 12: plane 0 (40x40, 3 -> 16+8) ...
+  // Concrete numbers: 4 x 16 channels fp16, 32x32 tile, tail 12: plane 0 (40x40, 3 -> 16+8
+  // elements per pixel, rows padded by 2 16-byte units = 16 elements) ...
   const int widths[] = {3, 16, 16, 16, 12};
   const SmemLayout s = segment_smem(Path::kTensorCore, widths, 4, true, 32, 32);
-  const int64_t b0 = std::max<int64_t>(40 * 40 * 24 * 2, 36 * 36 * 24 * 2);
-  const int64_t b1 = std::max<int64_t>(38 * 38 * 24 * 2, 34 * 34 * 24 * 2);
+  const int64_t b0 = std::max<int64_t>(40 * (40 * 24 + 16) * 2, 36 * (36 * 24 + 16) * 2);
+  const int64_t b1 = std::max<int64_t>(38 * (38 * 24 + 16) * 2, 34 * (34 * 24 + 16) * 2);
   check(s.offset[1] == round_up(b0, kSmemAlign) && s.total == s.offset[1] + round_up(b1, kSmemAlign),
         "segment_smem for a 4-layer fp16 segment");
 }
@@ -912,6 +983,7 @@ int main() {
       test_tc_fragments(cin, cout, cin == 64 ? 3 : 5, cout == 96 ? 2 : 7);
   test_tc_fragments(16, 16, 1, 1);
   test_tc_fragments(8, 32, 1, 17);
+  test_tc_plane_banks();
   test_simulation();
   test_smem_layout();
   test_tail_staging();

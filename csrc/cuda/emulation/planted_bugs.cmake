@@ -14,8 +14,8 @@ set(BUG_dropped_barrier_EXPECT "shared race: read-after-write")
 
 # ldmatrix rows start 8 channels late: the upper half of a 16-channel pixel's rows is its skew.
 set(BUG_skew_read_FILE segment_tc.cuh)
-set(BUG_skew_read_OLD [==[(py * pin.cols + px) * in_stride + tc_a_col(lane)) *]==])
-set(BUG_skew_read_NEW [==[(py * pin.cols + px) * in_stride + tc_a_col(lane) + 8) *]==])
+set(BUG_skew_read_OLD [==[(py * in_pitch + px * in_stride + tc_a_col(lane)) *]==])
+set(BUG_skew_read_NEW [==[(py * in_pitch + px * in_stride + tc_a_col(lane) + 8) *]==])
 set(BUG_skew_read_CASE "activation/scale: n2 13x11 widths 3-16-16-16-48 x4 prelu res1 clamp0 f16")
 set(BUG_skew_read_EXPECT "uninitialized shared read")
 
