@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, experiment, images, ops, train
+from . import __version__, experiment, images, ops, train, video
 from .data import (
     IMAGE_EXTENSIONS,
     bicubic_upscale,
@@ -237,26 +237,34 @@ class UpscaleJob:
     target: Path
 
 
+def output_name(source: Path) -> Path:
+    """The name of ``source``'s output in an output folder: PNG for images (lossless, 16 bits and
+    alpha), the same container for videos and animated GIF / WebP."""
+    return Path(source.name) if video.is_video_path(source) else Path(source.name).with_suffix(".png")
+
+
 def collect_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
-    """``(image path, output path relative to an output folder)`` for each INPUT: a file, a folder
-    (searched recursively, subfolders kept, every extension PIL reads) or a glob. Outputs in a
-    folder are PNG: lossless, and it holds 16 bits and alpha."""
+    """``(input path, output path relative to an output folder)`` for each INPUT: a file, a folder
+    (searched recursively, subfolders kept: every extension PIL reads, and video containers) or a
+    glob."""
     jobs = []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            jobs += [(image, image.relative_to(path).with_suffix(".png")) for image in list_images(path)]
+            found = sorted(set(list_images(path)) | {f for f in path.rglob("*")
+                                                      if f.is_file() and f.suffix.lower() in video.VIDEO_EXTENSIONS})
+            jobs += [(f, f.relative_to(path).parent / output_name(f)) for f in found]
         elif path.is_file():
-            jobs.append((path, Path(path.name).with_suffix(".png")))
+            jobs.append((path, output_name(path)))
         elif any(c in pattern for c in "*?["):
             matches = sorted(Path(p) for p in glob(pattern, recursive=True) if Path(p).is_file())
             if not matches:
                 raise FileNotFoundError(f"no files match {pattern!r}")
-            jobs += [(match, Path(match.name).with_suffix(".png")) for match in matches]
+            jobs += [(match, output_name(match)) for match in matches]
         else:
             raise FileNotFoundError(f"input not found: {pattern}")
     if not jobs:
-        raise FileNotFoundError(f"no image files in {' '.join(patterns)}")
+        raise FileNotFoundError(f"no image or video files in {' '.join(patterns)}")
     return jobs
 
 
@@ -317,6 +325,8 @@ def run_upscale(args) -> int:
 
 def upscale_one(fused: FusedSR, job: UpscaleJob, args) -> None:
     job.target.parent.mkdir(parents=True, exist_ok=True)
+    if video.is_video_path(job.source):
+        return upscale_one_video(fused, job, args)
     source, result, notes = fused.upscale_file_pictures(
         job.source, job.target, tile=args.tile, bit_depth=args.bit_depth, quality=args.quality,
         max_pixels=args.max_pixels,
@@ -328,6 +338,28 @@ def upscale_one(fused: FusedSR, job: UpscaleJob, args) -> None:
                                 images.Picture.from_pil(side_by_side(source.to_pil(), result.to_pil(), fused.scale)))
 
 
+def upscale_one_video(fused: FusedSR, job: UpscaleJob, args) -> None:
+    from PIL import Image
+
+    # An existing target got here only with --overwrite (existing_outputs).
+    report = fused.upscale_video(
+        job.source, job.target, codec=args.codec, crf=args.crf, preset=args.preset, pix_fmt=args.pix_fmt,
+        batch=args.batch,
+        tile=args.tile, overwrite=True, progress=False if args.no_progress else None,
+        compare_frame=args.compare_frame if args.compare else None)
+    for note in report.notes:
+        print(f"repsr: note: {note}", file=sys.stderr)
+    audio = f", audio {report.audio_copied} copied" + (f", {report.audio_reencoded} re-encoded" if report.audio_reencoded else "")
+    print(f"{job.target}: {report.frames} frames {report.size[0]}x{report.size[1]} {report.codec} {report.pix_fmt}"
+          f"{audio if report.audio_copied or report.audio_reencoded else ''}, {report.fps:.1f} frames/s", file=sys.stderr)
+    if args.compare:
+        if report.compare is None:
+            raise ValueError(f"{job.source}: --compare-frame {args.compare_frame} is past its {report.frames} frames")
+        before, after = (Image.fromarray(frame) for frame in report.compare)
+        images.write_image_file(compare_path(job.target),
+                                images.Picture.from_pil(side_by_side(before, after, fused.scale)))
+
+
 def plan_outputs(inputs: list[str], output: str, compare: bool) -> list[UpscaleJob]:
     """The input images and where each goes: ``output`` itself for one input file (unless it is a
     folder: existing, ending in '/', or without an extension), else a PNG under the folder
@@ -336,7 +368,13 @@ def plan_outputs(inputs: list[str], output: str, compare: bool) -> list[UpscaleJ
     target = Path(output)
     as_folder = target.is_dir() or output.endswith(("/", os.sep)) or not target.suffix
     if len(inputs) == 1 and Path(inputs[0]).is_file() and not as_folder:
-        if target.suffix.lower() not in images.writable_extensions():
+        if video.is_video_path(jobs[0][0]):
+            if target.suffix.lower() not in video.VIDEO_EXTENSIONS + video.ANIMATED_EXTENSIONS:
+                raise UsageError(f"output {target}: a video needs a video container "
+                                 f"({', '.join(video.VIDEO_EXTENSIONS + video.ANIMATED_EXTENSIONS)})")
+        elif target.suffix.lower() in video.VIDEO_EXTENSIONS:
+            raise UsageError(f"output {target} is a video container but {jobs[0][0]} is a still image")
+        elif target.suffix.lower() not in images.writable_extensions():
             raise UsageError(f"output {target}: {target.suffix} is not an image format this PIL writes; "
                              "use .png, .jpg, .webp, .tif, ... or a folder")
         planned = [UpscaleJob(jobs[0][0], target)]
@@ -579,11 +617,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_act_option(p)
     p.set_defaults(run=run_export)
 
-    p = command("upscale", "Upscale images with the fused engine. Without INPUT, upscales a held-out photograph "
-                           "that ships with scikit-image.")
+    p = command("upscale", "Upscale images and videos with the fused engine. Without INPUT, upscales a held-out "
+                           "photograph that ships with scikit-image.")
     p.add_argument("inputs", nargs="*", metavar="INPUT",
-                   help="image file, folder (searched recursively; every format PIL reads) or glob such as "
-                        "'photos/*.jpg'")
+                   help="image or video file, folder (searched recursively; every format PIL reads, and "
+                        "video containers) or glob such as 'photos/*.jpg'")
     p.add_argument("-o", "--output", metavar="OUTPUT",
                    help="output file for one input file (format by extension), else a folder (created; PNG files "
                         "named after the inputs); without INPUT: default repsr_demo_x<scale>.png")
@@ -605,6 +643,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse input images of more than N pixels (default: {images.DEFAULT_MAX_PIXELS:,}, "
                         "PIL's decompression-bomb limit)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    v = p.add_argument_group("video (.mp4 .mkv .mov .webm .avi, animated .gif/.webp; needs PyAV: pip install av)")
+    v.add_argument("--codec", default=None, metavar="NAME",
+                   help=f"video encoder (default: {video.DEFAULT_CODEC}; .webm: libvpx-vp9; also libx265, "
+                        "libsvtav1, ffv1 (lossless), ...)")
+    v.add_argument("--crf", type=int, default=None, metavar="Q",
+                   help=f"constant quality of x264/x265/VP9/AV1, lower is better (default: {video.DEFAULT_CRF})")
+    v.add_argument("--preset", default=None, metavar="NAME",
+                   help="encoder speed preset: x264/x265 ultrafast ... veryslow (default: medium), SVT-AV1 0-13")
+    v.add_argument("--pix-fmt", default=None, metavar="FMT",
+                   help="encoded pixel format (default: yuv420p; yuv444p for odd sizes)")
+    v.add_argument("--batch", type=positive_int, default=4, metavar="N", help="frames per call of the net (default: 4)")
+    v.add_argument("--compare-frame", type=int, default=0, metavar="N",
+                   help="with --compare: the frame of the bicubic | RepSR still (default: 0)")
     p.set_defaults(run=run_upscale)
 
     p = command("eval", "PSNR/SSIM (Y channel, border = scale) of a model against bicubic upscaling, per image "
@@ -684,6 +735,9 @@ def main(argv: list[str] | None = None) -> int:
             return args.run(args)
     except KeyboardInterrupt:
         print("repsr: interrupted", file=sys.stderr)
+        return 130
+    except video.VideoInterrupted as e:
+        print(f"repsr: {e}", file=sys.stderr)
         return 130
     except BrokenPipeError:
         # The reader went away (`repsr info | head`): stop quietly, as other tools do; point

@@ -178,6 +178,24 @@ class FusedSR:
         alpha = None if picture.alpha is None else _resize_alpha(picture.alpha, self.scale)
         return images.Picture(out, alpha, picture.metadata)
 
+    def upscale_frames(self, frames: np.ndarray, tile: int | None = None) -> np.ndarray:
+        """A batch of RGB frames, uint8 [N, H, W, 3] -> [N, rH, rW, 3], each exactly as ``upscale``
+        would return it (one fused call for the batch with an RGB model; Y models frame by frame)."""
+        if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
+            shape = getattr(frames, "shape", None)
+            raise ValueError(f"frames must be a uint8 numpy array [N, H, W, 3], got "
+                             f"{type(frames).__name__} {getattr(frames, 'dtype', '')} {shape}")
+        if self.in_channels == 3 and self.out_channels == 3:
+            return self._upscale_u8_batch(frames, tile)
+        return np.stack([self.upscale_picture(images.Picture(np.ascontiguousarray(f)), tile).color for f in frames])
+
+    def upscale_video(self, source, target, **options):
+        """Upscales a video file; see ``repsr_ext.video.upscale_video`` for the options and what is
+        kept. Returns its ``VideoReport``."""
+        from . import video
+
+        return video.upscale_video(self, source, target, **options)
+
     def _run_image(self, color: np.ndarray, tile) -> np.ndarray:
         """H x W x C uint8 -> (rH) x (rW) x C_out uint8 (rounded in the op); uint16 -> float64 in
         [0, 1] (rounded by the caller)."""
@@ -230,17 +248,23 @@ class FusedSR:
         return out[:, :, 0] if squeeze and out.shape[2] == 1 else out
 
     def _upscale_u8(self, array: np.ndarray, tile) -> np.ndarray:
+        return self._upscale_u8_batch(array[None], tile)[0]
+
+    def _upscale_u8_batch(self, array: np.ndarray, tile) -> np.ndarray:
+        """uint8 [N, H, W, C] -> [N, rH, rW, C_out] through the uint8 op (rounded and clamped in it)."""
         array = np.ascontiguousarray(array)
         if not array.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
             array = array.copy()
-        batch = torch.from_numpy(array).unsqueeze(0).to(self.device)
+        batch = torch.from_numpy(array)
+        if self.device.type == "cuda":  # pinned: the copy runs as DMA, without a staging copy
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
 
         def run(crop: torch.Tensor) -> torch.Tensor:
             return torch.ops.repsr_ext.fused_sr_u8(
                 crop, self.weights, self.biases, self.neg_slopes, self.scale, self.residual
             )
 
-        return self._tiled(run, batch, spatial_dims=(1, 2), tile=tile, image=True)[0].cpu().numpy()
+        return self._tiled(run, batch, spatial_dims=(1, 2), tile=tile, image=True).cpu().numpy()
 
     # --- tiling -------------------------------------------------------------------------------------
     def _bytes_per_pixel(self, x: torch.Tensor) -> int:
@@ -265,7 +289,7 @@ class FusedSR:
             out_device = torch.device("cpu")
             if tile is None:
                 free, _ = torch.cuda.mem_get_info(x.device)
-                tile = cuda_image_tile(height, width, self._bytes_per_pixel(x), free // 2)
+                tile = cuda_image_tile(height, width, self._bytes_per_pixel(x) * x.shape[0], free // 2)
         if tile is None or (height <= tile and width <= tile):
             return run(x)
         overhead = ((tile + 8 * self.halo) / tile) ** 2

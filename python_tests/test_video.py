@@ -1,0 +1,337 @@
+"""Video upscaling (repsr_ext/video.py): clips made here with PyAV itself; what must survive
+(frames, timestamps, audio packets, rotation, aspect), exactness against the image path through a
+lossless codec, corrupt / truncated / interrupted runs leaving nothing under the output name."""
+import threading
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import randomize_
+from repsr_ext import FusedSR, RepSRNet, video
+from repsr_ext.cli import main
+
+av = pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def fused():
+    net = randomize_(RepSRNet.preset("M2C8", scale=2), seed=5, scale=0.05).eval().reparameterize()
+    return FusedSR(net)
+
+
+def moving_frames(n, h, w, seed=0):
+    """A textured square moving over a noisy gradient: every frame differs."""
+    rng = np.random.default_rng(seed)
+    base = (np.linspace(0, 200, w)[None, :, None] + rng.integers(0, 40, (h, w, 3))).clip(0, 255)
+    frames = []
+    for i in range(n):
+        f = base.copy()
+        y, x = (2 * i) % max(1, h - 6), (3 * i) % max(1, w - 6)
+        f[y:y + 6, x:x + 6] = rng.integers(0, 256, (min(6, h - y), min(6, w - x), 3))
+        frames.append(f.astype(np.uint8))
+    return frames
+
+
+def write_clip(path, frames, codec="libx264", pix_fmt="yuv420p", rate=25, pts=None, time_base=None,
+               audio=None, rotation=0):
+    """``audio``: None or (codec, seconds). ``pts``/``time_base``: explicit (variable) timestamps."""
+    out = av.open(str(path), "w")
+    h, w = frames[0].shape[:2]
+    vs = out.add_stream(codec, rate=rate)
+    vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
+    if time_base is not None:
+        vs.codec_context.time_base = time_base
+        vs.time_base = time_base
+    if rotation:
+        vs.set_display_rotation(rotation)
+    aus = None
+    if audio is not None:
+        aus = out.add_stream(audio[0], rate=48000)
+    for i, rgb in enumerate(frames):
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
+        frame.pts = i if pts is None else pts[i]
+        if time_base is not None:
+            frame.time_base = time_base
+        for p in vs.encode(frame):
+            out.mux(p)
+    if aus is not None:
+        n, t = 960, 0
+        while t < audio[1] * 48000:
+            tone = (0.3 * np.sin(2 * np.pi * 440 * (np.arange(n) + t) / 48000)).astype(np.float32)
+            af = av.AudioFrame.from_ndarray(np.stack([tone, tone]), format="fltp", layout="stereo")
+            af.sample_rate, af.pts = 48000, t
+            t += n
+            for p in aus.encode(af):
+                out.mux(p)
+        for p in aus.encode():
+            out.mux(p)
+    for p in vs.encode():
+        out.mux(p)
+    out.close()
+
+
+def decoded(path):
+    with av.open(str(path)) as c:
+        return [(f.pts, f.to_ndarray(format="rgb24"), f.rotation) for f in c.decode(video=0)]
+
+
+def audio_packets(path):
+    with av.open(str(path)) as c:
+        if not c.streams.audio:
+            return []
+        s = c.streams.audio[0]
+        return [(p.pts, bytes(p)) for p in c.demux(s) if p.dts is not None]
+
+
+def leftovers(folder):
+    return sorted(p.name for p in folder.iterdir() if ".partial-" in p.name)
+
+
+def test_lossless_clip_equals_image_path_frame_by_frame(tmp_path, fused):
+    frames = moving_frames(7, 18, 22, seed=1)
+    src, dst = tmp_path / "in.mkv", tmp_path / "out.mkv"
+    write_clip(src, frames, codec="ffv1", pix_fmt="bgr0")
+    for batch in (1, 3):
+        report = video.upscale_video(fused, src, dst, codec="ffv1", pix_fmt="bgr0", batch=batch, overwrite=True,
+                                     progress=False)
+        assert report.frames == 7 and report.size == (44, 36)
+        out = decoded(dst)
+        inp = decoded(src)
+        assert [p for p, _, _ in out] == [p for p, _, _ in inp]
+        for (_, o, _), (_, i, _) in zip(out, inp):
+            np.testing.assert_array_equal(o, fused.upscale(i))  # exact: lossless codec, same op
+
+
+def test_mp4_keeps_frames_timestamps_audio_and_rotation(tmp_path, fused):
+    frames = moving_frames(12, 16, 24, seed=2)
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    write_clip(src, frames, audio=("aac", 0.6), rotation=90)
+    report = fused.upscale_video(src, dst, progress=False)
+    assert report.frames == 12 and report.audio_copied == 1 and report.codec == "libx264"
+    out, inp = decoded(dst), decoded(src)
+    assert [p for p, _, _ in out] == [p for p, _, _ in inp]
+    assert all(r == 90 for _, _, r in out)
+    assert out[0][1].shape == (32, 48, 3)
+    assert audio_packets(dst) == audio_packets(src)  # copied packet for packet
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        assert b.streams.video[0].average_rate == a.streams.video[0].average_rate
+    # Lossy codec: each frame close to the image path's result for the decoded input frame, in
+    # luma (4:2:0 halves the chroma resolution of this per-pixel noise by design).
+    luma = np.array([0.299, 0.587, 0.114])
+    for (_, o, _), (_, i, _) in zip(out, inp):
+        ref = fused.upscale(i).astype(np.float64) @ luma
+        psnr = 10 * np.log10(255.0 ** 2 / np.mean((o @ luma - ref) ** 2))
+        assert psnr > 30, psnr
+
+
+def test_variable_frame_rate_timestamps_survive(tmp_path, fused):
+    pts = [0, 40, 55, 130, 140, 300, 310, 460]
+    frames = moving_frames(len(pts), 12, 16, seed=3)
+    src, dst = tmp_path / "vfr.mkv", tmp_path / "vfr_x2.mkv"
+    write_clip(src, frames, codec="ffv1", pix_fmt="bgr0", time_base=Fraction(1, 1000), pts=pts)
+    assert [p for p, _, _ in decoded(src)] == pts
+    video.upscale_video(fused, src, dst, codec="libx264", progress=False)
+    assert [p for p, _, _ in decoded(dst)] == pts
+
+
+def test_odd_output_size_uses_full_chroma(tmp_path):
+    net = randomize_(RepSRNet.preset("M2C8", scale=3), seed=9, scale=0.05).eval().reparameterize()
+    frames = moving_frames(3, 11, 13, seed=4)
+    src, dst = tmp_path / "odd.mkv", tmp_path / "odd_x3.mp4"
+    write_clip(src, frames, codec="ffv1", pix_fmt="bgr0")
+    report = video.upscale_video(FusedSR(net), src, dst, progress=False)
+    assert report.pix_fmt == "yuv444p" and any("odd-sized" in n for n in report.notes)
+    with av.open(str(dst)) as c:
+        s = c.streams.video[0].codec_context
+        assert (s.width, s.height) == (39, 33)
+    assert len(decoded(dst)) == 3
+
+
+def test_container_that_cannot_hold_the_audio_reencodes_it(tmp_path, fused):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.webm"
+    write_clip(src, moving_frames(6, 16, 16, seed=5), audio=("aac", 0.5))
+    report = video.upscale_video(fused, src, dst, progress=False)
+    assert report.audio_reencoded == 1 and any("re-encoded" in n for n in report.notes)
+    with av.open(str(dst)) as c:
+        assert c.streams.video[0].codec_context.name == "vp9"
+        assert c.streams.audio[0].codec_context.name in ("opus", "vorbis")
+        samples = sum(f.samples for f in c.decode(audio=0))
+    assert abs(samples / 48000 - 0.5) < 0.1
+
+
+def test_corrupt_and_truncated_inputs_leave_no_output(tmp_path, fused):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(video.VideoError, match="junk.mp4"):
+        video.upscale_video(fused, junk, tmp_path / "a.mp4", progress=False)
+    good = tmp_path / "good.mkv"
+    write_clip(good, moving_frames(40, 24, 32, seed=6), codec="libx264")
+    data = good.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(video.VideoError, match="truncated|corrupt|decode"):
+        video.upscale_video(fused, cut, tmp_path / "b.mkv", progress=False)
+    mp4 = tmp_path / "good.mp4"
+    write_clip(mp4, moving_frames(10, 16, 16, seed=7))
+    (tmp_path / "cut.mp4").write_bytes(mp4.read_bytes()[:-200])
+    with pytest.raises(video.VideoError):
+        video.upscale_video(fused, tmp_path / "cut.mp4", tmp_path / "c.mp4", progress=False)
+    assert not any((tmp_path / n).exists() for n in ("a.mp4", "b.mkv", "c.mp4"))
+    assert leftovers(tmp_path) == []
+    # The CLI: one line, exit 1, nothing written.
+    assert main(["upscale", str(junk), "-o", str(tmp_path / "d.mp4"), "--no-progress"]) == 1
+
+
+def test_interrupt_keeps_the_existing_output_and_says_how_far_it_got(tmp_path, fused, monkeypatch, capsys):
+    src, dst = tmp_path / "in.mkv", tmp_path / "out.mkv"
+    write_clip(src, moving_frames(10, 12, 12, seed=8), codec="ffv1", pix_fmt="bgr0")
+    dst.write_bytes(b"the user's earlier file")
+    calls = {"n": 0}
+    real = FusedSR.upscale_frames
+
+    def interrupted(self, frames, tile=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(self, frames, tile)
+
+    monkeypatch.setattr(FusedSR, "upscale_frames", interrupted)
+    with pytest.raises(video.VideoInterrupted, match="frames were done"):
+        video.upscale_video(fused, src, dst, batch=2, overwrite=True, progress=False)
+    assert dst.read_bytes() == b"the user's earlier file" and leftovers(tmp_path) == []
+    calls["n"] = 0
+    assert main(["upscale", str(src), "-o", str(dst), "--overwrite", "--batch", "2", "--no-progress"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert dst.read_bytes() == b"the user's earlier file" and leftovers(tmp_path) == []
+
+
+def test_encoder_failure_is_reported_and_leaves_nothing(tmp_path, fused, monkeypatch):
+    src, dst = tmp_path / "in.mkv", tmp_path / "out.mkv"
+    write_clip(src, moving_frames(6, 12, 12, seed=10), codec="ffv1", pix_fmt="bgr0")
+
+    def broken(self, frame):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(video._Run, "_write_audio", broken)
+    monkeypatch.setattr(av.VideoFrame, "from_ndarray", staticmethod(lambda *a, **k: (_ for _ in ()).throw(OSError("disk full"))))
+    with pytest.raises(OSError, match="disk full"):
+        video.upscale_video(fused, src, dst, progress=False)
+    assert not dst.exists() and leftovers(tmp_path) == []
+
+
+def test_memory_stays_bounded_with_a_slow_encoder(tmp_path, fused, monkeypatch):
+    """The reader may run ahead of the writer by at most the two queues and one batch."""
+    src, dst = tmp_path / "long.mkv", tmp_path / "long_x2.mkv"
+    write_clip(src, moving_frames(60, 8, 8, seed=11), codec="ffv1", pix_fmt="bgr0")
+    gaps = []
+    real_write = video._Run._write_audio  # noqa: F841 (audio-free clip)
+    real_reformat = av.VideoFrame.reformat
+
+    def slow_reformat(self, *a, **k):
+        run = runs[0]
+        gaps.append(run.frames_read - run.frames_written)
+        threading.Event().wait(0.002)
+        return real_reformat(self, *a, **k)
+
+    runs = []
+    real_init = video._Run.__init__
+
+    def init(self, *a, **k):
+        real_init(self, *a, **k)
+        runs.append(self)
+
+    monkeypatch.setattr(video._Run, "__init__", init)
+    monkeypatch.setattr(av.VideoFrame, "reformat", slow_reformat)
+    queue_size, batch = 2, 3
+    report = video.upscale_video(fused, src, dst, batch=batch, queue_size=queue_size, codec="ffv1",
+                                 pix_fmt="bgr0", progress=False)
+    assert report.frames == 60
+    bound = queue_size + batch + queue_size * batch + batch + 1  # decoded, in the net, upscaled, writing, reading
+    assert max(gaps) <= bound, (max(gaps), bound)
+
+
+def test_refusals(tmp_path, fused):
+    src = tmp_path / "in.mp4"
+    write_clip(src, moving_frames(3, 8, 8))
+    with pytest.raises(video.VideoError, match="overwrite the input"):
+        video.upscale_video(fused, src, src, overwrite=True)
+    (tmp_path / "exists.mp4").write_bytes(b"x")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        video.upscale_video(fused, src, tmp_path / "exists.mp4")
+    with pytest.raises(video.VideoError, match="not a video container"):
+        video.upscale_video(fused, src, tmp_path / "out.png")
+    with pytest.raises(video.VideoError, match="not in this PyAV build"):
+        video.upscale_video(fused, src, tmp_path / "out.mp4", codec="no-such-codec")
+    with pytest.raises(video.VideoError, match="crf applies"):
+        video.upscale_video(fused, src, tmp_path / "out.mkv", codec="ffv1", crf=10)
+    assert main(["upscale", str(src), "-o", str(tmp_path / "x.png")]) == 2
+
+
+def test_cli_video_with_compare_still_and_y_model(tmp_path, capsys):
+    src = tmp_path / "clip.mkv"
+    frames = moving_frames(5, 10, 14, seed=12)
+    write_clip(src, frames, codec="ffv1", pix_fmt="bgr0")
+    assert main(["upscale", str(src), "-o", str(tmp_path / "out") + "/", "--no-progress", "--compare",
+                 "--compare-frame", "2", "--scale", "2"]) == 0
+    out = tmp_path / "out" / "clip.mkv"
+    assert out.is_file() and (tmp_path / "out" / "clip_compare.png").is_file()
+    assert Image.open(tmp_path / "out" / "clip_compare.png").size[0] == 2 * 28
+    assert "5 frames" in capsys.readouterr().err
+    # A Y model: the image path's Y handling, frame by frame.
+    net = randomize_(RepSRNet.preset("M2C8", scale=2, in_channels=1, out_channels=1), seed=13, scale=0.05).eval().reparameterize()
+    y = FusedSR(net)
+    video.upscale_video(y, src, tmp_path / "y.mkv", codec="ffv1", pix_fmt="bgr0", progress=False)
+    for (_, o, _), i in zip(decoded(tmp_path / "y.mkv"), frames):
+        np.testing.assert_array_equal(o, y.upscale(i))
+
+
+def test_animated_gif_and_webp(tmp_path, fused):
+    frames = [Image.fromarray(f) for f in moving_frames(4, 10, 12, seed=14)]
+    for ext in (".gif", ".webp"):
+        src = tmp_path / f"anim{ext}"
+        frames[0].save(src, save_all=True, append_images=frames[1:], duration=[50, 80, 120, 60], loop=0)
+        assert video.is_video_path(src)
+        dst = tmp_path / f"anim_x2{ext}"
+        report = video.upscale_video(fused, src, dst, progress=False)
+        assert report.frames == 4
+        with Image.open(dst) as im:
+            assert im.n_frames == 4 and im.size == (24, 20)
+            durations = []
+            for k in range(4):
+                im.seek(k)
+                durations.append(im.info.get("duration"))
+        if ext == ".webp":  # Pillow does not report WebP frame durations: read the ANMF chunks
+            durations = webp_frame_durations(dst.read_bytes())
+        assert durations == [50, 80, 120, 60]
+    still = tmp_path / "still.gif"
+    frames[0].save(still)
+    assert not video.is_video_path(still)  # one frame: the image path
+
+
+def webp_frame_durations(data: bytes) -> list[int]:
+    """Frame durations (ms) from the ANMF chunks of an animated WebP (RIFF; WebP container spec:
+    X, Y, width-1, height-1, duration as 24-bit little-endian fields after the chunk header)."""
+    out, pos = [], 12
+    while pos + 8 <= len(data):
+        kind, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if kind == b"ANMF":
+            out.append(int.from_bytes(data[pos + 8 + 12:pos + 8 + 15], "little"))
+        pos += 8 + size + (size & 1)
+    return out
+
+
+def test_missing_pyav_says_how_to_install(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_av(name, *a, **k):
+        if name == "av":
+            raise ImportError("No module named 'av'")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    with pytest.raises(RuntimeError, match=r"pip install 'repsr_ext\[video\]'"):
+        video.require_av()

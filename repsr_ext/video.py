@@ -1,0 +1,563 @@
+"""Video upscaling: decode, upscale in small batches, encode, with the audio copied.
+
+    from repsr_ext import FusedSR, video
+    fused = FusedSR.load("model.safetensors")
+    report = video.upscale_video(fused, "clip.mp4", "clip_x4.mp4")   # or fused.upscale_video(...)
+    print(report.frames, report.fps)
+
+Three stages run at once, joined by bounded queues: a reader thread demuxes the input, decodes
+video frames to RGB and passes the other streams' packets along; the calling thread runs the net
+on batches of frames; a writer thread converts, encodes and muxes (FFmpeg, through PyAV, releases
+the GIL while it decodes and encodes, and so does the fused op). Memory is bounded whatever the
+clip's length: at most ``queue`` decoded frames wait for the net, one batch is in it, and at most
+``queue`` upscaled batches wait for the encoder, plus the encoder's own look-ahead (libx264: about
+40 frames at its default settings).
+
+Kept from the input: every frame's timestamp (so the frame rate, the time base and a variable frame
+rate), the frame count, the sample (hence display) aspect ratio, the rotation, the colour range,
+matrix, primaries and transfer where the decoder reports them, and every audio stream, copied
+packet for packet (re-encoded with the output container's default audio codec only when the
+container cannot hold the codec, with a note). Subtitle and data streams are dropped, with a note.
+
+The output is written to a temporary file beside the target and renamed at the end: an error or an
+interrupt leaves nothing under the target's name (and says how many frames were done); the input is
+never overwritten; an existing target needs ``overwrite=True``.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+# Containers the video path reads and writes (by extension), and animated image formats it reads
+# and writes when the file holds more than one frame.
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".mov", ".webm", ".avi")
+ANIMATED_EXTENSIONS = (".gif", ".webp")
+
+DEFAULT_CODEC = "libx264"
+DEFAULT_CRF = 18  # x264/x265: visually near-lossless; VP9/AV1 get their own scale below
+
+# Encoder option that sets constant quality, per codec; None: the codec has no such knob here.
+_CRF_OPTIONS = {
+    "libx264": lambda q: {"crf": str(q)},
+    "libx265": lambda q: {"crf": str(q), "x265-params": "log-level=error"},
+    "libvpx-vp9": lambda q: {"crf": str(q), "b": "0"},
+    "libsvtav1": lambda q: {"crf": str(q)},
+}
+# Codecs a container extension implies when the user names none.
+_DEFAULT_CODECS = {".webm": "libvpx-vp9"}
+
+_STOP = object()  # end of a queue
+
+
+class VideoError(ValueError):
+    """A video that cannot be read or written (one line, names the file)."""
+
+
+class VideoInterrupted(RuntimeError):
+    """The run was interrupted (Ctrl-C); nothing was written under the target's name."""
+
+
+def require_av():
+    """The PyAV module, or an error saying how to install it."""
+    try:
+        import av
+    except ImportError as e:
+        raise RuntimeError("video needs PyAV: pip install 'repsr_ext[video]' (or: pip install av)") from e
+    return av
+
+
+def is_video_path(path) -> bool:
+    """Whether ``path`` goes through the video path: a video container by its extension, or an
+    animated GIF / WebP (more than one frame, as PIL reads it)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return True
+    if suffix in ANIMATED_EXTENSIONS and path.is_file():
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                return getattr(im, "n_frames", 1) > 1
+        except Exception:  # not an image PIL reads: let the video decoder say what it is
+            return True
+    return False
+
+
+@dataclass
+class VideoReport:
+    """What ``upscale_video`` did."""
+
+    target: Path
+    frames: int
+    seconds: float
+    size: tuple[int, int]  # output width, height
+    codec: str
+    pix_fmt: str
+    audio_copied: int = 0
+    audio_reencoded: int = 0
+    notes: list[str] = field(default_factory=list)
+    compare: tuple[np.ndarray, np.ndarray] | None = None  # (input frame, output frame) RGB
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class _Probe:
+    width: int
+    height: int
+    frames: int  # 0 when the container does not say
+    rate: Fraction | None
+    time_base: Fraction
+    sample_aspect_ratio: Fraction | None
+    rotation: int
+    colour: dict
+    duration: float | None  # seconds, of the video stream (or the container) where declared
+    audio: list  # input audio stream indices
+    dropped: list[str]
+
+
+def _open_input(av, source: Path):
+    try:
+        container = av.open(str(source), "r")
+    except av.FFmpegError as e:
+        raise VideoError(f"{source}: cannot open as video: {_ffmpeg_message(e)}") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoError(f"{source}: no video stream")
+    return container
+
+
+def _ffmpeg_message(e) -> str:
+    text = getattr(e, "strerror", None) or str(e)
+    return " ".join(str(text).split())
+
+
+def _probe(av, source: Path) -> _Probe:
+    """Stream facts, and the first frame's rotation and colour description (the decoder reports
+    them per frame), from a first short pass over the input."""
+    with _open_input(av, source) as container:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        rotation, colour = 0, {}
+        try:
+            for frame in container.decode(stream):
+                rotation = int(frame.rotation or 0)
+                colour = {name: getattr(frame, name) for name in ("color_range", "colorspace", "color_primaries", "color_trc")}
+                break
+            else:
+                raise VideoError(f"{source}: the video stream has no frames")
+        except av.FFmpegError as e:
+            raise VideoError(f"{source}: cannot decode: {_ffmpeg_message(e)}") from None
+        duration = None
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / 1e6
+        dropped = [f"{s.type} stream {s.index} ({s.codec_context.name if s.codec_context else '?'})"
+                   for s in container.streams if s.type not in ("video", "audio")]
+        dropped += [f"video stream {s.index}" for s in container.streams.video[1:]]
+        sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
+        return _Probe(
+            width=ctx.width, height=ctx.height, frames=int(stream.frames or 0),
+            rate=stream.average_rate or stream.guessed_rate, time_base=stream.time_base or Fraction(1, 90000),
+            sample_aspect_ratio=Fraction(sar) if sar else None, rotation=rotation, colour=colour,
+            duration=duration, audio=[s.index for s in container.streams.audio], dropped=dropped)
+
+
+def _pick_pix_fmt(av, codec: str, pix_fmt: str | None, width: int, height: int, notes: list[str]) -> str:
+    formats = [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
+    if pix_fmt is not None:
+        if formats and pix_fmt not in formats:
+            raise VideoError(f"encoder {codec} does not take pixel format {pix_fmt}; it takes {', '.join(formats)}")
+        return pix_fmt
+    preferred = "yuv420p" if "yuv420p" in formats or not formats else formats[0]
+    if preferred == "yuv420p" and (width % 2 or height % 2):
+        # 4:2:0 needs even sizes; an odd output (x3 of an odd frame) keeps full chroma instead.
+        if "yuv444p" in formats:
+            notes.append(f"output {width}x{height} is odd-sized: encoded as yuv444p (yuv420p needs even sizes)")
+            return "yuv444p"
+        raise VideoError(f"output {width}x{height} is odd-sized and {codec} has no 4:4:4 format: use another codec")
+    return preferred
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    """Blocking put that gives up when the run is stopping."""
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _get(q: queue.Queue, stop: threading.Event):
+    while True:
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            if stop.is_set():
+                return _STOP
+
+
+def upscale_video(fused, source, target, *, codec: str | None = None, crf: int | None = None,
+                  pix_fmt: str | None = None, batch: int = 4, tile: int | None = None,
+                  overwrite: bool = False, progress: bool | None = None, queue_size: int = 8,
+                  compare_frame: int | None = None, preset: str | None = None) -> VideoReport:
+    """Upscales the video file ``source`` into ``target`` (container by its extension) with the
+    deployed network ``fused`` (a ``FusedSR``); see the module docstring for what is kept.
+
+    ``codec``: the video encoder (default libx264; .webm: libvpx-vp9; .gif: gif; .webp:
+    libwebp_anim); ``crf``: its constant-quality setting where it has one (default 18; lower is
+    better); ``pix_fmt``: the encoded pixel format (default yuv420p, yuv444p for odd sizes);
+    ``batch``: frames per call of the net; ``tile``: as for images; ``progress``: a tqdm bar (None:
+    only on a terminal); ``compare_frame``: also return that frame before and after; ``preset``:
+    the encoder's speed preset (x264/x265: ultrafast ... veryslow, default medium; SVT-AV1: 0-13)."""
+    source, target = Path(source), Path(target)
+    if not source.is_file():
+        raise FileNotFoundError(f"input not found: {source}")
+    if target.exists() and target.resolve() == source.resolve():
+        raise VideoError(f"refusing to overwrite the input {source}: choose another output")
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists: pass overwrite=True (--overwrite) to replace it")
+    if not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if fused.in_channels not in (1, 3) or fused.out_channels != fused.in_channels:
+        raise ValueError(f"video needs a model with 1 or 3 channels in and out, this one has "
+                         f"{fused.in_channels} in and {fused.out_channels} out")
+    suffix = target.suffix.lower()
+    animated_in = source.suffix.lower() in ANIMATED_EXTENSIONS
+    if animated_in or suffix in ANIMATED_EXTENSIONS:
+        if not (animated_in and suffix in ANIMATED_EXTENSIONS):
+            raise VideoError(f"{source} -> {target}: animated GIF / WebP go to animated GIF / WebP, videos to "
+                             f"{', '.join(VIDEO_EXTENSIONS)}")
+        return _upscale_animation(fused, source, target, tile, progress, compare_frame)
+    if suffix not in VIDEO_EXTENSIONS:
+        raise VideoError(f"output {target}: {target.suffix or 'no extension'} is not a video container this writes; "
+                         f"use one of {', '.join(VIDEO_EXTENSIONS + ANIMATED_EXTENSIONS)}")
+    av = require_av()
+    codec = codec or _DEFAULT_CODECS.get(suffix, DEFAULT_CODEC)
+    if codec not in av.codecs_available:
+        raise VideoError(f"video encoder {codec!r} is not in this PyAV build")
+    notes: list[str] = []
+    probe = _probe(av, source)
+    out_w, out_h = probe.width * fused.scale, probe.height * fused.scale
+    pix_fmt = _pick_pix_fmt(av, codec, pix_fmt, out_w, out_h, notes)
+    options = {}
+    if crf is not None or codec in _CRF_OPTIONS:
+        if codec not in _CRF_OPTIONS:
+            raise VideoError(f"crf applies to {', '.join(_CRF_OPTIONS)}; {codec} has no constant-quality option here")
+        options = _CRF_OPTIONS[codec](DEFAULT_CRF if crf is None else crf)
+    if preset is not None:
+        if codec not in ("libx264", "libx265", "libsvtav1"):
+            raise VideoError(f"preset applies to libx264, libx265 and libsvtav1, not {codec}")
+        options["preset"] = str(preset)
+    notes += [f"dropped {what}: only video and audio are kept" for what in probe.dropped]
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
+    run = _Run(av, fused, source, partial, probe, codec, pix_fmt, options, batch, tile, queue_size,
+               compare_frame, notes, progress)
+    try:
+        run.execute()
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, target)
+    return VideoReport(target=target, frames=run.frames_written, seconds=run.seconds, size=(out_w, out_h),
+                       codec=codec, pix_fmt=pix_fmt, audio_copied=run.audio_copied,
+                       audio_reencoded=run.audio_reencoded, notes=notes, compare=run.compare)
+
+
+def _upscale_animation(fused, source: Path, target: Path, tile, progress, compare_frame) -> VideoReport:
+    """Animated GIF / WebP through PIL (FFmpeg's GIF encoder wants a palette swscale cannot make,
+    and this FFmpeg does not decode animated WebP): every frame upscaled as an image (alpha
+    included), each frame's duration, the loop count and the disposal kept. Held in memory whole:
+    animations are short."""
+    from PIL import Image, ImageSequence
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    try:
+        with Image.open(source) as im:
+            loop = im.info.get("loop", 0)
+            originals, durations, end = [], [], 0
+            for frame in ImageSequence.Iterator(im):
+                originals.append(frame.convert("RGBA" if _has_alpha(frame) else "RGB"))
+                duration = frame.info.get("duration")
+                # Pillow's WebP reader keeps each frame's end time only privately (Pillow <= 13).
+                stamp = getattr(frame, "_WebPImageFile__timestamp", None)
+                if duration is None and stamp is not None:
+                    duration, end = stamp - end, stamp
+                durations.append(100 if duration is None else duration)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise VideoError(f"{source}: cannot read as an animation: {' '.join(str(e).split())}") from None
+    frames = []
+    for frame in tqdm(originals, unit="frame", disable=True if progress is False else None, leave=False):
+        frames.append(fused.upscale(frame, tile=tile))
+    partial = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    extra = {"disposal": 2} if target.suffix.lower() == ".gif" else {"lossless": True}
+    try:
+        frames[0].save(partial, format="GIF" if target.suffix.lower() == ".gif" else "WEBP", save_all=True,
+                       append_images=frames[1:], duration=durations, loop=loop, **extra)
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    compare = None
+    if compare_frame is not None and 0 <= compare_frame < len(frames):
+        compare = (np.asarray(originals[compare_frame].convert("RGB")), np.asarray(frames[compare_frame].convert("RGB")))
+    width, height = frames[0].size
+    return VideoReport(target=target, frames=len(frames), seconds=time.perf_counter() - start, size=(width, height),
+                       codec=target.suffix.lower().lstrip("."), pix_fmt=frames[0].mode, compare=compare)
+
+
+def _has_alpha(frame) -> bool:
+    return frame.mode in ("RGBA", "LA", "PA") or "transparency" in frame.info
+
+
+class _Run:
+    """One upscale_video run: the three stages and what they share."""
+
+    def __init__(self, av, fused, source, partial, probe, codec, pix_fmt, options, batch, tile, queue_size,
+                 compare_frame, notes, progress):
+        self.av, self.fused, self.source, self.partial, self.probe = av, fused, source, partial, probe
+        self.codec, self.pix_fmt, self.options = codec, pix_fmt, options
+        self.batch, self.tile, self.compare_frame, self.notes = batch, tile, compare_frame, notes
+        self.progress = progress
+        self.decoded = queue.Queue(maxsize=max(1, queue_size))  # ("v", rgb, pts) / ("a", packet) / failure
+        self.upscaled = queue.Queue(maxsize=max(1, queue_size))  # ("v", [rgb], [pts]) / ("a", packet)
+        self.stop = threading.Event()
+        self.errors: list[BaseException] = []  # the first one is reported
+        self.frames_read = self.frames_read_by_net = self.frames_written = 0
+        self.audio_copied = self.audio_reencoded = 0
+        self.seconds = 0.0
+        self.compare = None
+        self.last_end = 0.0  # seconds: end of the last decoded frame
+
+    # --- the calling thread: the net ---------------------------------------------------------------
+    def execute(self):
+        from tqdm import tqdm
+
+        av = self.av
+        self.input = _open_input(av, self.source)
+        try:
+            self.output = av.open(str(self.partial), "w")
+        except av.FFmpegError as e:
+            self.input.close()
+            raise VideoError(f"{self.partial}: cannot create: {_ffmpeg_message(e)}") from None
+        self.bar = tqdm(total=self.probe.frames or None, unit="frame", disable=True if self.progress is False else None,
+                        leave=False)
+        threads = [threading.Thread(target=self._guarded, args=(stage,), name=f"repsr-video-{stage.__name__}", daemon=True)
+                   for stage in (self._read, self._write)]
+        start = time.perf_counter()
+        try:
+            self._setup_output()
+            for thread in threads:
+                thread.start()
+            self._compute()
+        except BaseException as e:  # Ctrl-C or an error here: stop the stages, then report
+            self.errors.insert(0, e)
+            self.stop.set()
+        finally:
+            for thread in threads:
+                if thread.ident is not None:
+                    thread.join()
+            self.seconds = time.perf_counter() - start
+            self.bar.close()
+            self._close()
+        if self.errors:
+            error = self.errors[0]
+            done = f"{self.frames_written} of {self.probe.frames or '?'} frames were done"
+            if isinstance(error, KeyboardInterrupt):
+                raise VideoInterrupted(f"interrupted: {done}; nothing written under the output name") from None
+            if isinstance(error, av.FFmpegError):
+                raise VideoError(f"{self.source}: {_ffmpeg_message(error)} ({done})") from None
+            raise error
+        if self.frames_read == 0:
+            raise VideoError(f"{self.source}: no video frames could be decoded")
+        declared = self.probe.duration
+        if declared is not None and self.probe.rate:
+            frame_s = 1.0 / float(self.probe.rate)
+            if self.last_end < declared - max(0.5, 3 * frame_s):
+                raise VideoError(f"{self.source}: the video ends at {self.last_end:.2f} s but the file declares "
+                                 f"{declared:.2f} s: truncated or corrupt")
+        if self.probe.frames and self.frames_read < self.probe.frames:
+            raise VideoError(f"{self.source}: {self.frames_read} of the {self.probe.frames} frames it declares "
+                             "could be decoded: truncated or corrupt")
+
+    def _guarded(self, stage):
+        try:
+            stage()
+        except BaseException as e:  # reported by the calling thread
+            self.errors.append(e)
+            self.stop.set()
+
+    def _compute(self):
+        """Runs the net on batches of decoded frames until the reader's end (or a stop)."""
+        frames, stamps, pending_audio = [], [], []
+
+        def flush() -> bool:
+            if frames:
+                out = self.fused.upscale_frames(np.stack(frames), tile=self.tile)
+                first = self.frames_read_by_net - len(frames)
+                if self.compare_frame is not None and first <= self.compare_frame < self.frames_read_by_net:
+                    i = self.compare_frame - first
+                    self.compare = (frames[i], out[i])
+                if not _put(self.upscaled, ("v", list(out), list(stamps)), self.stop):
+                    return False
+                frames.clear()
+                stamps.clear()
+            for packet in pending_audio:  # audio goes out after the frames decoded before it
+                if not _put(self.upscaled, ("a", packet), self.stop):
+                    return False
+            pending_audio.clear()
+            return True
+
+        while True:
+            item = _get(self.decoded, self.stop)
+            if item is _STOP:
+                if not self.stop.is_set() and flush():
+                    _put(self.upscaled, _STOP, self.stop)
+                return
+            if item[0] == "v":
+                frames.append(item[1])
+                stamps.append(item[2])
+                self.frames_read_by_net += 1
+                if len(frames) == self.batch and not flush():
+                    return
+            else:
+                pending_audio.append(item[1])
+
+    # --- reader thread ------------------------------------------------------------------------------
+    def _read(self):
+        av = self.av
+        stream = self.input.streams.video[0]
+        streams = [stream] + [self.input.streams[i] for i in self.probe.audio]
+        tb = self.probe.time_base
+        colour = self.probe.colour
+        index = 0
+        for packet in self.input.demux(streams):
+            if self.stop.is_set():
+                return
+            if packet.stream.type == "audio":
+                if packet.dts is not None and not _put(self.decoded, ("a", packet), self.stop):
+                    return
+                continue
+            for frame in packet.decode():
+                pts = frame.pts
+                if pts is None:  # no timestamp from the container: place it by the frame rate
+                    pts = round(index / (float(self.probe.rate or 25) * float(tb)))
+                rgb = frame.to_ndarray(format="rgb24", src_colorspace=colour.get("colorspace"),
+                                       src_color_range=colour.get("color_range"))
+                duration = frame.duration or (1 / (float(self.probe.rate or 25) * float(tb)))
+                self.last_end = max(self.last_end, float((pts + duration) * tb))
+                self.frames_read += 1
+                index += 1
+                if not _put(self.decoded, ("v", rgb, pts), self.stop):
+                    return
+        _put(self.decoded, _STOP, self.stop)
+
+    # --- writer thread ------------------------------------------------------------------------------
+    def _setup_output(self):
+        av, probe, fused = self.av, self.probe, self.fused
+        out_w, out_h = probe.width * fused.scale, probe.height * fused.scale
+        rate = probe.rate if probe.rate else Fraction(25)
+        self.video_out = self.output.add_stream(self.codec, rate=rate, options=self.options)
+        ctx = self.video_out.codec_context
+        ctx.width, ctx.height, ctx.pix_fmt = out_w, out_h, self.pix_fmt
+        ctx.time_base = probe.time_base  # the input's timestamps go through unchanged
+        self.video_out.time_base = probe.time_base
+        if probe.sample_aspect_ratio:
+            ctx.sample_aspect_ratio = probe.sample_aspect_ratio
+        for name, value in probe.colour.items():
+            if value is not None and hasattr(ctx, name):
+                try:
+                    setattr(ctx, name, value)
+                except (ValueError, TypeError, AttributeError):
+                    pass
+        if probe.rotation:
+            self.video_out.set_display_rotation(probe.rotation)
+        self.audio_out = {}
+        supported = self.output.supported_codecs
+        for index in probe.audio:
+            stream = self.input.streams[index]
+            name = stream.codec_context.name
+            if name in supported:
+                self.audio_out[index] = ("copy", self.output.add_stream_from_template(stream))
+                self.audio_copied += 1
+            else:
+                codec = self.output.default_audio_codec
+                if not codec or codec == "none":
+                    raise VideoError(f"{self.partial.suffix} cannot hold audio ({name}) and has no audio codec")
+                rate = stream.codec_context.sample_rate
+                rates = av.codec.Codec(codec, "w").audio_rates
+                if rates and rate not in rates:
+                    rate = 48000 if 48000 in rates else max(rates)
+                out = self.output.add_stream(codec, rate=rate)
+                out.codec_context.layout = stream.codec_context.layout
+                self.audio_out[index] = ("encode", out)
+                self.audio_reencoded += 1
+                self.notes.append(f"audio stream {index} ({name}) re-encoded as {codec}: "
+                                  f"{self.partial.suffix} cannot hold {name}")
+
+    def _write(self):
+        av = self.av
+        colour = self.probe.colour
+        while True:
+            item = _get(self.upscaled, self.stop)
+            if item is _STOP:
+                break
+            if item[0] == "a":
+                self._write_audio(item[1])
+                continue
+            for rgb, pts in zip(item[1], item[2]):
+                frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+                frame = frame.reformat(format=self.pix_fmt, dst_colorspace=colour.get("colorspace"),
+                                       dst_color_range=colour.get("color_range"))
+                frame.pts = pts
+                frame.time_base = self.probe.time_base
+                for packet in self.video_out.encode(frame):
+                    self.output.mux(packet)
+                self.frames_written += 1
+                self.bar.update(1)
+        if self.stop.is_set():
+            return
+        for packet in self.video_out.encode():
+            self.output.mux(packet)
+        for kind, out in self.audio_out.values():
+            if kind == "encode":
+                for packet in out.encode():
+                    self.output.mux(packet)
+
+    def _write_audio(self, packet):
+        kind, out = self.audio_out[packet.stream.index]
+        if kind == "copy":
+            packet.stream = out
+            self.output.mux(packet)
+            return
+        for frame in packet.decode():
+            for encoded in out.encode(frame):
+                self.output.mux(encoded)
+
+    def _close(self):
+        output, inp = getattr(self, "output", None), getattr(self, "input", None)
+        for container in (output, inp):
+            if container is None:
+                continue
+            try:
+                container.close()
+            except Exception as e:  # a failed trailer write: the file is not usable
+                if container is output and not self.errors:
+                    self.errors.append(VideoError(f"{self.partial}: cannot finish the file: {_ffmpeg_message(e)}"))
