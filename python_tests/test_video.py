@@ -126,6 +126,37 @@ def test_mp4_keeps_frames_timestamps_audio_and_rotation(tmp_path, fused):
         assert psnr > 30, psnr
 
 
+def test_aspect_ratio_and_colour_tags_survive(tmp_path, fused):
+    """A full-range BT.709 clip with 4:3 pixels: tags kept, and frames converted with them (a
+    conversion with the default BT.601 limited range would shift the colours)."""
+    src, dst = tmp_path / "tagged.mp4", tmp_path / "tagged_x2.mp4"
+    out = av.open(str(src), "w")
+    vs = out.add_stream("libx264", rate=25, options={"crf": "10"})
+    vs.width, vs.height, vs.pix_fmt = 24, 16, "yuv420p"
+    ctx = vs.codec_context
+    ctx.sample_aspect_ratio = Fraction(4, 3)
+    ctx.color_range, ctx.colorspace, ctx.color_primaries, ctx.color_trc = 2, 1, 1, 1  # JPEG range, BT.709
+    smooth = [np.clip(f.astype(int) // 2 + 60, 0, 255).astype(np.uint8) for f in moving_frames(4, 16, 24, seed=15)]
+    for i, rgb in enumerate(smooth):
+        f = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p", dst_colorspace=1, dst_color_range=2)
+        f.pts, f.color_range, f.colorspace, f.color_primaries, f.color_trc = i, 2, 1, 1, 1
+        for p in vs.encode(f):
+            out.mux(p)
+    for p in vs.encode():
+        out.mux(p)
+    out.close()
+    video.upscale_video(fused, src, dst, progress=False)
+    luma = np.array([0.2126, 0.7152, 0.0722])  # BT.709's Y: what 4:2:0 keeps at full resolution
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        assert b.streams.video[0].sample_aspect_ratio == Fraction(4, 3)
+        for fa, fb in zip(a.decode(video=0), b.decode(video=0)):
+            assert (fb.color_range, fb.colorspace, fb.color_primaries, fb.color_trc) == (2, 1, 1, 1)
+            ia = fa.to_ndarray(format="rgb24", src_colorspace=1, src_color_range=2)
+            ob = fb.to_ndarray(format="rgb24", src_colorspace=1, src_color_range=2)
+            ref = fused.upscale(ia).astype(np.float64) @ luma
+            assert 10 * np.log10(255.0 ** 2 / np.mean((ob @ luma - ref) ** 2)) > 30
+
+
 def test_variable_frame_rate_timestamps_survive(tmp_path, fused):
     pts = [0, 40, 55, 130, 140, 300, 310, 460]
     frames = moving_frames(len(pts), 12, 16, seed=3)
