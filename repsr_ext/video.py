@@ -442,12 +442,12 @@ class _Run:
 
     # --- reader thread ------------------------------------------------------------------------------
     def _read(self):
-        av = self.av
         stream = self.input.streams.video[0]
         streams = [stream] + [self.input.streams[i] for i in self.probe.audio]
         tb = self.probe.time_base
         colour = self.probe.colour
         index = 0
+        frame_ticks = 1 / (float(self.probe.rate or 25) * float(tb))  # one frame, in time-base units
         for packet in self.input.demux(streams):
             if self.stop.is_set():
                 return
@@ -458,10 +458,10 @@ class _Run:
             for frame in packet.decode():
                 pts = frame.pts
                 if pts is None:  # no timestamp from the container: place it by the frame rate
-                    pts = round(index / (float(self.probe.rate or 25) * float(tb)))
+                    pts = round(index * frame_ticks)
                 rgb = frame.to_ndarray(format="rgb24", src_colorspace=colour.get("colorspace"),
                                        src_color_range=colour.get("color_range"))
-                duration = frame.duration or (1 / (float(self.probe.rate or 25) * float(tb)))
+                duration = frame.duration or frame_ticks
                 self.last_end = max(self.last_end, float((pts + duration) * tb))
                 self.frames_read += 1
                 index += 1
