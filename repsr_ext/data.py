@@ -21,7 +21,7 @@ import math
 import warnings
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -255,6 +255,16 @@ _EMBEDDED_SOURCES = {
 # training because they show the same scene.
 HELDOUT = ("astronaut", "coffee", "chelsea", "camera")
 EMBEDDED_NAMES = tuple(_EMBEDDED_SOURCES)
+# A fixed two-way split of every photograph for 2-fold cross-validation (splits "fold0", "fold1"):
+# colour and grayscale photographs, portraits, textures and documents in both halves, both
+# motorcycle views (one scene) on the same side.
+FOLDS = (
+    ("astronaut", "chelsea", "motorcycle_left", "motorcycle_right", "retina",
+     "camera", "grass", "moon", "text", "coins"),
+    ("coffee", "rocket", "hubble_deep_field", "ihc",
+     "brick", "gravel", "page", "clock", "cell"),
+)
+EMBEDDED_SPLITS = ("train", "val", "all", "fold0", "fold1")
 
 
 @lru_cache(maxsize=None)
@@ -274,18 +284,122 @@ def _load_embedded(name: str) -> np.ndarray | None:
 
 def embedded_images(split: str = "train") -> list[tuple[str, np.ndarray]]:
     """The scikit-image photographs as ``(name, H x W x 3 uint8)``: ``split="val"`` gives
-    ``HELDOUT``, ``"train"`` all the others, ``"all"`` both. Decoded once per process."""
-    if split not in ("train", "val", "all"):
-        raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
-    names = [n for n in EMBEDDED_NAMES if split == "all" or (n in HELDOUT) == (split == "val")]
+    ``HELDOUT``, ``"train"`` all the others, ``"all"`` both, ``"fold0"`` / ``"fold1"`` the halves
+    of ``FOLDS``. Decoded once per process."""
+    if split not in EMBEDDED_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(map(repr, EMBEDDED_SPLITS))}, got {split!r}")
+    if split.startswith("fold"):
+        names = list(FOLDS[int(split[4:])])
+    else:
+        names = [n for n in EMBEDDED_NAMES if split == "all" or (n in HELDOUT) == (split == "val")]
     images = [(n, _load_embedded(n)) for n in names]
     return [(n, img) for n, img in images if img is not None]
 
 
+def embedded_split(source: str, default: str) -> str | None:
+    """The split named by a data source: "embedded" -> ``default``, "embedded:<split>" ->
+    <split> (checked); None for anything else (a folder)."""
+    if source == "embedded":
+        return default
+    if source.startswith("embedded:"):
+        split = source.removeprefix("embedded:")
+        if split not in EMBEDDED_SPLITS:
+            raise ValueError(f"unknown embedded split {split!r} in {source!r}; splits: {', '.join(EMBEDDED_SPLITS)}")
+        return split
+    return None
+
+
 def validation_images(source: str) -> list[tuple[str, np.ndarray]]:
-    """``"embedded"``: the held-out scikit-image photographs (``HELDOUT``); otherwise every image
-    in the folder ``source``. Each as ``(name, H x W x 3 uint8)``."""
-    return embedded_images("val") if source == "embedded" else load_image_folder(source)
+    """``"embedded"``: the held-out scikit-image photographs (``HELDOUT``); ``"embedded:<split>"``
+    a split of them (``embedded_images``); ``"deadleaves"`` the synthetic dead-leaves test set
+    (``dead_leaves_set``); otherwise every image in the folder ``source``. Each as
+    ``(name, H x W x 3 uint8)``."""
+    if source == "deadleaves":
+        return dead_leaves_set()
+    split = embedded_split(source, "val")
+    return embedded_images(split) if split is not None else load_image_folder(source)
+
+
+# --- dead leaves: synthetic test images with natural-image statistics -------------------------------
+
+
+def dead_leaves_image(size: int = 256, seed: int = 0, r_min: float = 2.0, r_max: float = 64.0,
+                      supersample: int = 4) -> np.ndarray:
+    """A colour dead-leaves image, ``size`` x ``size`` uint8 RGB: opaque discs of uniformly random
+    colour dropped one over another at uniformly random centres until every pixel is covered
+    (the first disc to land on a pixel stays on top), radii from the scale-invariant density
+    p(r) ~ r^-3 on [r_min, r_max] (Lee, Mumford & Huang 2001, "Occlusion models for natural
+    images"; the test chart of Cao, Guichard & Hornung 2010). Such images share the power-law
+    spectrum and the sharp occluding edges of photographs. Drawn ``supersample`` times larger
+    and area-averaged, so that edges are antialiased as a camera's are. The same seed gives the
+    same image."""
+    rng = np.random.default_rng([seed, 271828])
+    big = size * supersample
+    canvas = np.zeros((big, big, 3), np.float32)
+    covered = np.zeros((big, big), bool)
+    yy, xx = np.mgrid[0:big, 0:big]
+    lo, hi = r_min ** -2, r_max ** -2
+    while not covered.all():
+        # Inverse CDF of p(r) ~ r^-3 between r_min and r_max.
+        r = supersample * (lo + rng.random() * (hi - lo)) ** -0.5
+        cy, cx = rng.random(2) * big
+        colour = rng.random(3).astype(np.float32)
+        y0, y1 = max(0, int(cy - r)), min(big, int(cy + r) + 1)
+        x0, x1 = max(0, int(cx - r)), min(big, int(cx + r) + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        disc = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
+        new = disc & ~covered[y0:y1, x0:x1]
+        canvas[y0:y1, x0:x1][new] = colour
+        covered[y0:y1, x0:x1] |= new
+    small = canvas.reshape(size, supersample, size, supersample, 3).mean(axis=(1, 3))
+    return np.clip(np.round(small * 255), 0, 255).astype(np.uint8)
+
+
+DEAD_LEAVES_SEEDS = (0, 1, 2, 3)
+
+
+@lru_cache(maxsize=None)
+def _dead_leaves(seed: int) -> np.ndarray:
+    image = dead_leaves_image(256, seed)
+    image.setflags(write=False)
+    return image
+
+
+def dead_leaves_set() -> list[tuple[str, np.ndarray]]:
+    """The synthetic test set: four 256 x 256 dead-leaves images (seeds ``DEAD_LEAVES_SEEDS``)."""
+    return [(f"deadleaves_{seed}", _dead_leaves(seed)) for seed in DEAD_LEAVES_SEEDS]
+
+
+# --- Y (luma) networks ----------------------------------------------------------------------------
+
+# ITU-R BT.601 luma weights (R, G, B), full range: what a one-channel (Y) network sees and makes,
+# as PIL's convert("L"). (The metrics use the same weights on the 16..235 "studio" scale.)
+LUMA = (0.299, 0.587, 0.114)
+
+
+def rgb_to_luma(rgb: torch.Tensor) -> torch.Tensor:
+    """[..., 3, H, W] RGB in [0, 1] -> [..., 1, H, W] full-range BT.601 luma (not rounded)."""
+    if rgb.shape[-3] != 3:
+        raise ValueError(f"expected 3 channels (RGB) in dimension -3, got shape {tuple(rgb.shape)}")
+    r, g, b = rgb.unbind(-3)
+    return (LUMA[0] * r + LUMA[1] * g + LUMA[2] * b).unsqueeze(-3)
+
+
+def upscale_rgb_with_y_model(run_y: Callable[[torch.Tensor], torch.Tensor], rgb: torch.Tensor,
+                             scale: int) -> torch.Tensor:
+    """A one-channel (Y) network on RGB images, as Y-trained SR papers use it: Y (BT.601, full
+    range) through ``run_y`` ([N, 1, H, W] -> [N, 1, sH, sW]), Cb and Cr upscaled bicubically,
+    then back to RGB. ``rgb``: float [N, 3, H, W] in [0, 1]; returns float [N, 3, sH, sW] clamped
+    to [0, 1] (not rounded), on the CPU."""
+    r, b = rgb[:, 0:1], rgb[:, 2:3]
+    y = rgb_to_luma(rgb)
+    chroma = torch.cat([(b - y) / 1.772, (r - y) / 1.402], dim=1)  # Cb, Cr (centred on 0)
+    chroma = torch.nn.functional.interpolate(chroma, scale_factor=scale, mode="bicubic", align_corners=False)
+    y_up = run_y(y).float().cpu()
+    cb, cr = chroma[:, 0:1], chroma[:, 1:2]
+    out = torch.cat([y_up + 1.402 * cr, y_up - 0.344136 * cb - 0.714136 * cr, y_up + 1.772 * cb], dim=1)
+    return out.clamp(0, 1)
 
 
 # --- evaluation pairs (one definition for the trainer, `repsr eval` and the experiment) ----------
@@ -638,10 +752,11 @@ def make_train_dataset(
 ) -> PatchSRDataset:
     """``data="embedded"``: the scikit-image training split; a folder: HR images (LR made on the
     fly), or the HR side of pairs whose LR side is ``data_lr``."""
-    if data == "embedded":
+    split = embedded_split(data, "train")
+    if split is not None:
         if data_lr:
             raise ValueError("data_lr (a pre-made LR folder) needs data to be the matching HR folder, not 'embedded'")
-        return EmbeddedImages(scale, patch_size, "train", augment)
+        return EmbeddedImages(scale, patch_size, split, augment)
     if data_lr:
         return PairedFolderSR(data_lr, data, scale, patch_size, augment, cache)
     return ImageFolderSR(data, scale, patch_size, augment, cache)

@@ -15,10 +15,9 @@ import numpy as np
 import torch
 
 from . import images, ops
+from .data import LUMA, upscale_rgb_with_y_model
 from .nets import PlainSR, RepSRNet
 
-# ITU-R BT.601 luma weights (R, G, B): grey output of RGB models, the Y of Y models.
-LUMA = (0.299, 0.587, 0.114)
 
 # dtypes the fused op accepts on each device type.
 SUPPORTED_DTYPES = {
@@ -221,14 +220,8 @@ class FusedSR:
         full range) through the network, Cb and Cr upscaled bicubically, then back to RGB."""
         top = 255.0 if rgb.dtype == np.uint8 else 65535.0
         x = torch.from_numpy(rgb.astype(np.float32) / top).permute(2, 0, 1).unsqueeze(0)
-        r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-        y = LUMA[0] * r + LUMA[1] * g + LUMA[2] * b
-        chroma = torch.cat([(b - y) / 1.772, (r - y) / 1.402], dim=1)  # Cb, Cr (centred on 0)
-        chroma = torch.nn.functional.interpolate(chroma, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        y_up = self._run_clamped(y, tile)
-        cb, cr = chroma[:, 0:1], chroma[:, 1:2]
-        out = torch.cat([y_up + 1.402 * cr, y_up - 0.344136 * cb - 0.714136 * cr, y_up + 1.772 * cb], dim=1)
-        out = out[0].permute(1, 2, 0).clamp(0, 1).mul(top).round().numpy()
+        out = upscale_rgb_with_y_model(lambda y: self._run_clamped(y, tile), x, self.scale)
+        out = out[0].permute(1, 2, 0).mul(top).round().numpy()
         return out.astype(rgb.dtype)
 
     def _upscale_array(self, array: np.ndarray, tile) -> np.ndarray:
