@@ -265,6 +265,55 @@ class FusibleBlock(nn.Module):
     def _merge(self) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def zero_init_branches(self) -> None:
+        """The usual "zero-init" of residual branches, for every block type alike: every branch
+        but one main path starts switched off (its last scale -- a BN's gamma, or the last conv's
+        weight and bias where no BN ends it -- set to 0), so the block starts as its main path:
+        the identity where the block has one, otherwise its 3x3 conv (or first path). A main path
+        that ends in a BN starts with gamma ``MAIN_PATH_GAMMA``: with gamma 1 a BN block's output
+        has unit variance whatever its input, which starts a BN network far from where a plain
+        conv network starts (BN's scale invariance keeps the signal and gradients alive through
+        the small gamma). Gradients reach every switched-off scale, so branches learn at once."""
+        for module in self._side_branch_ends():
+            _switch_off(module)
+        main = self._main_branch_end()
+        if isinstance(main, nn.BatchNorm2d):
+            main.weight.fill_(MAIN_PATH_GAMMA)
+
+    @torch.no_grad()
+    def switch_off_main_path(self) -> None:
+        """For the network's last block: its main path's last conv starts at 0 too (a BN-ended
+        main path keeps its small gamma), so the network starts as its nearest-upsampled input."""
+        main = self._main_branch_end()
+        if isinstance(main, nn.Conv2d):
+            _switch_off(main)
+
+    def _side_branch_ends(self) -> list[nn.Module]:
+        """The last scaling module of each branch that ``zero_init_branches`` switches off."""
+        return []
+
+    def _main_branch_end(self) -> nn.Module | None:
+        """The last module of the main path; None where the main path is the identity."""
+        return None
+
+
+MAIN_PATH_GAMMA = 0.01
+
+
+def _switch_off(module: nn.Module) -> None:
+    if isinstance(module, nn.BatchNorm2d):
+        module.weight.zero_()
+    elif isinstance(module, nn.Conv2d):
+        module.weight.zero_()
+        if module.bias is not None:
+            module.bias.zero_()
+    elif isinstance(module, _EdgeBranch):
+        module.scale.zero_()
+        module.bias.zero_()
+    else:
+        raise TypeError(f"cannot switch off a {type(module).__name__}")
+
 
 class PlainBlock(FusibleBlock):
     """One 3x3 conv with bias: the deployed form, trained directly (the VGG baseline)."""
@@ -279,6 +328,9 @@ class PlainBlock(FusibleBlock):
     def _merge(self) -> tuple[Tensor, Tensor]:
         return self.conv.weight.clone(), self.conv.bias.clone()
 
+    def _main_branch_end(self) -> nn.Module | None:
+        return self.conv
+
 
 class RepVGGBlock(FusibleBlock):
     """3x3+BN, 1x1+BN, and an identity BN when ``in_channels == out_channels``."""
@@ -292,6 +344,15 @@ class RepVGGBlock(FusibleBlock):
     def forward(self, x: Tensor) -> Tensor:
         y = self.conv3x3(x) + self.conv1x1(x)
         return y if self.identity is None else y + self.identity(x)
+
+    def _side_branch_ends(self) -> list[nn.Module]:
+        if self.identity is None:
+            return [self.conv1x1[1]]
+        return [self.conv3x3[1], self.conv1x1[1]]
+
+    def _main_branch_end(self) -> nn.Module | None:
+        # The identity BN is the main path where there is one: gamma 1 would normalise it too.
+        return self.conv3x3[1] if self.identity is None else self.identity
 
     def _merge(self) -> tuple[Tensor, Tensor]:
         kernel, bias = _fuse_conv_bn(self.conv3x3)
@@ -314,6 +375,12 @@ class ACBlock(FusibleBlock):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.square(x) + self.horizontal(x) + self.vertical(x)
+
+    def _side_branch_ends(self) -> list[nn.Module]:
+        return [self.horizontal[1], self.vertical[1]]
+
+    def _main_branch_end(self) -> nn.Module | None:
+        return self.square[1]
 
     def _merge(self) -> tuple[Tensor, Tensor]:
         kernel, bias = _fuse_conv_bn(self.square)
@@ -352,6 +419,12 @@ class DBBlock(FusibleBlock):
         avg = F.avg_pool2d(self.avg_bn_pad(self.avg_pointwise(x)), 3, stride=1, padding=0)
         kxk = self.kxk_conv(self.kxk_bn_pad(self.kxk_pointwise(x)))
         return self.conv3x3(x) + self.conv1x1(x) + self.avg_bn(avg) + self.kxk_bn(kxk)
+
+    def _side_branch_ends(self) -> list[nn.Module]:
+        return [self.conv1x1[1], self.avg_bn, self.kxk_bn]
+
+    def _main_branch_end(self) -> nn.Module | None:
+        return self.conv3x3[1]
 
     def _merge(self) -> tuple[Tensor, Tensor]:
         kernel, bias = _fuse_conv_bn(self.conv3x3)
@@ -421,6 +494,12 @@ class ECBlock(FusibleBlock):
         y = self.conv3x3(x) + self.expand_conv(expanded)
         return y + self.sobel_x(x) + self.sobel_y(x) + self.laplacian(x)
 
+    def _side_branch_ends(self) -> list[nn.Module]:
+        return [self.expand_conv, self.sobel_x, self.sobel_y, self.laplacian]
+
+    def _main_branch_end(self) -> nn.Module | None:
+        return self.conv3x3
+
     def _merge(self) -> tuple[Tensor, Tensor]:
         kernel, bias = _conv_params(self.conv3x3)
         expand = _merge_1x1_then_3x3(
@@ -457,6 +536,10 @@ class _ExpandSqueeze(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.squeeze_bn(self.squeeze(self.expand_bn(self.expand(x))))
 
+    def end(self) -> nn.Module:
+        """The path's last scale: the squeeze BN, or the squeeze conv where no BN follows it."""
+        return self.squeeze_bn if isinstance(self.squeeze_bn, nn.BatchNorm2d) else self.squeeze
+
     def merge(self) -> tuple[Tensor, Tensor]:
         return _merge_3x3_then_1x1(
             _conv_params_then_bn(self.expand, self.expand_bn),
@@ -488,6 +571,27 @@ class RepSRBlock(FusibleBlock):
     def forward(self, x: Tensor) -> Tensor:
         y = self.path1(x) + self.path2(x)
         return y + x if self.has_identity else y
+
+    def _side_branch_ends(self) -> list[nn.Module]:
+        if self.has_identity:
+            return [self.path1.end(), self.path2.end()]
+        return [self.path2.end()]
+
+    def _main_branch_end(self) -> nn.Module | None:
+        return None if self.has_identity else self.path1.end()
+
+    @torch.no_grad()
+    def zero_init_branches(self) -> None:
+        # A RepSR network's body blocks all carry an identity, so a head (or tail) path that ends
+        # in a conv (bn "expand" or "none") can start small as well, like a BN-ended one: signal
+        # and gradients travel the identities. Without this the head's full-size output would run
+        # through the identities to the output.
+        super().zero_init_branches()
+        main = self._main_branch_end()
+        if isinstance(main, nn.Conv2d):
+            main.weight.mul_(MAIN_PATH_GAMMA)
+            if main.bias is not None:
+                main.bias.mul_(MAIN_PATH_GAMMA)
 
     def _merge(self) -> tuple[Tensor, Tensor]:
         kernel1, bias1 = self.path1.merge()

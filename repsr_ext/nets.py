@@ -150,6 +150,14 @@ class RepSRNet(nn.Module):
         y = F.pixel_shuffle(self.blocks[-1](y), self.scale)
         return y + _residual(x, self.scale) if self.residual == "nearest" else y
 
+    def zero_init_branches(self) -> None:
+        """Every block starts as its main path (``FusibleBlock.zero_init_branches``) and the last
+        block's conv-ended main path at 0, so every block type starts near the same function,
+        the nearest-upsampled input (exactly it where ``residual="nearest"``)."""
+        for block in self.blocks:
+            block.zero_init_branches()
+        self.blocks[-1].switch_off_main_path()
+
     # --- the modified BN --------------------------------------------------------------------------
     def batchnorms(self) -> list[ModifiedBatchNorm2d]:
         return [m for m in self.modules() if isinstance(m, ModifiedBatchNorm2d)]

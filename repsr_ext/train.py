@@ -57,7 +57,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .data import InfiniteSampler, bicubic_upscale, make_train_dataset, quantize_8bit, validation_pairs
+from .data import (InfiniteSampler, bicubic_upscale, make_train_dataset, quantize_8bit, rgb_to_luma,
+                   upscale_rgb_with_y_model, validation_pairs)
 from .formats import _atomic_write
 from .metrics import psnr_ssim_y
 from .nets import RepSRNet, parse_preset
@@ -65,6 +66,10 @@ from .nets import RepSRNet, parse_preset
 CHECKPOINT_FORMAT = "repsr_ext.train_checkpoint"
 CHECKPOINT_VERSION = 1
 SCHEDULES = ("cosine", "multistep", "constant")
+BRANCH_INITS = ("default", "zero")
+# The precise-BN pass draws its own sample stream (seed, this offset), so that it changes nothing
+# in the training stream: an arm with it sees the same training patches as one without.
+PRECISE_BN_STREAM = 7_919
 LOG_COLUMNS = ("iteration", "loss", "lr", "psnr", "ssim", "seconds")
 
 
@@ -85,10 +90,15 @@ class TrainConfig:
     block: str = _option("repsr", "training block: repsr, plain, repvgg, acb, dbb, ecb")
     block_options: dict = _option({}, "options of the block, e.g. {expansion: 2, bn: both}")
     act: str = _option("prelu", "activation: prelu, relu, lrelu, identity")
+    in_channels: int = _option(3, "3: an RGB network; 1: a Y network, trained on BT.601 luma (full range) "
+                                  "and run on RGB images with Cb/Cr upscaled bicubically")
+    branch_init: str = _option("default", "'zero': every non-identity branch starts switched off "
+                                          "(its last BN gamma or conv set to 0); 'default': each layer's own")
     # data
-    data: str = _option("embedded", "'embedded' (scikit-image photographs) or a folder of HR images")
+    data: str = _option("embedded", "'embedded' (scikit-image photographs; 'embedded:fold0' a split) or a folder of HR images")
     data_lr: str = _option("", "folder of pre-made LR images paired with 'data' by file stem")
-    val_data: str = _option("embedded", "'embedded' (the held-out photographs) or a folder of HR images")
+    val_data: str = _option("embedded", "'embedded' (the held-out photographs; 'embedded:fold1' a split), "
+                                        "'deadleaves' or a folder of HR images")
     patch_size: int = _option(64, "HR patch side, a multiple of scale")
     batch_size: int = _option(16, "global batch size, split evenly over processes")
     augment: bool = _option(True, "random flips and 90-degree rotations")
@@ -101,8 +111,13 @@ class TrainConfig:
     schedule: str = _option("cosine", "learning-rate schedule: cosine, multistep, constant")
     milestones: tuple = _option((0.5, 0.75), "multistep: fractions of iterations where lr *= gamma")
     gamma: float = _option(0.5, "multistep: lr factor at each milestone")
-    min_lr: float = _option(1e-7, "cosine: final learning rate")
+    min_lr: float = _option(1e-7, "cosine (and final_decay): final learning rate")
+    final_decay: float = _option(0.0, "constant: fraction of iterations at the end over which lr decays "
+                                      "(half cosine) to min_lr; 0: none")
     bn_switch_at: float = _option(0.8, "fraction of iterations after which BN uses population statistics (1: never)")
+    bn_precise_batches: int = _option(0, "at the switch, recompute BN's population statistics as the exact "
+                                         "average over this many batches of a separate sample stream (0: keep "
+                                         "the running averages)")
     ema_decay: float = _option(0.0, "EMA of the weights (e.g. 0.999), used for validation and export; 0: off")
     amp: bool = _option(False, "mixed precision on GPUs (bf16, or fp16 with loss scaling)")
     # bookkeeping
@@ -149,9 +164,19 @@ class TrainConfig:
             bad("min_lr", "must be in [0, lr]")
         if not 0 <= self.bn_switch_at <= 1:
             bad("bn_switch_at", "must be a fraction in [0, 1]")
+        if self.in_channels not in (1, 3):
+            bad("in_channels", "must be 1 (Y) or 3 (RGB)")
+        if self.branch_init not in BRANCH_INITS:
+            bad("branch_init", f"must be one of {', '.join(BRANCH_INITS)}")
+        if not 0 <= self.final_decay < 1:
+            bad("final_decay", "must be a fraction in [0, 1)")
+        if self.final_decay and self.schedule != "constant":
+            bad("final_decay", "goes with schedule 'constant' (cosine and multistep decay already)")
+        if self.bn_precise_batches < 0:
+            bad("bn_precise_batches", "must be 0 or more")
         if not 0 <= self.ema_decay < 1:
             bad("ema_decay", "must be in [0, 1)")
-        if self.data == "embedded" and self.data_lr:
+        if self.data.startswith("embedded") and self.data_lr:
             bad("data_lr", "needs 'data' to be the matching HR folder, not 'embedded'")
         if self.device != "auto" and not (self.device in ("cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", "must be auto, cpu, cuda or cuda:N")
@@ -266,11 +291,48 @@ def lr_factor(config: TrainConfig, iteration: int) -> float:
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
     if config.schedule == "multistep":
         return config.gamma ** sum(progress >= m for m in config.milestones)
+    decay_start = 1 - config.final_decay
+    if config.final_decay and progress > decay_start:
+        floor = config.min_lr / config.lr
+        t = (progress - decay_start) / config.final_decay
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
     return 1.0
 
 
 def build_network(config: TrainConfig) -> RepSRNet:
-    return RepSRNet.preset(config.preset, config.scale, block=config.block, act=config.act, **config.block_options)
+    """The training-form network of ``config``, initialised (``branch_init``) from torch's
+    current random state."""
+    net = RepSRNet.preset(config.preset, config.scale, block=config.block, act=config.act,
+                          in_channels=config.in_channels, out_channels=config.in_channels, **config.block_options)
+    if config.branch_init == "zero":
+        net.zero_init_branches()
+    return net
+
+
+TRAINING_WEIGHTS = "training.safetensors"
+
+
+def save_training_weights(net: RepSRNet, path) -> None:
+    """The unfolded training-form weights (BN statistics and phase included, no optimizer state),
+    so that a run can be re-examined or fine-tuned in its training form; atomic."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp)))
+
+
+def load_training_weights(config: TrainConfig, path) -> RepSRNet:
+    """The training-form network of ``config`` with the weights of ``save_training_weights``."""
+    from .formats import _read_safetensors
+
+    tensors, _ = _read_safetensors(Path(path))  # DeployedFileError (a ValueError) names a corrupt file
+    net = build_network(config)
+    try:
+        net.load_state_dict(tensors)
+    except RuntimeError as e:
+        raise ValueError(f"{path} does not hold the weights of this config's network: "
+                         f"{str(e).splitlines()[0]}") from None
+    return net
 
 
 # --- distributed setup ----------------------------------------------------------------------------
@@ -538,7 +600,10 @@ class Trainer:
         model.eval()
         scores = []
         for _, lr, hr in self.val_set:
-            sr = model(lr[None].to(self.device)).float()[0].cpu()
+            if self.config.in_channels == 1:  # as a Y model is used on RGB images
+                sr = upscale_rgb_with_y_model(lambda y: model(y.to(self.device)), lr[None], self.config.scale)[0]
+            else:
+                sr = model(lr[None].to(self.device)).float()[0].cpu()
             scores.append(psnr_ssim_y(quantize_8bit(sr), hr, crop_border=self.config.scale))
         model.train(was_training)
         self.metrics["psnr"] = float(np.mean([p for p, _ in scores]))
@@ -567,13 +632,43 @@ class Trainer:
             tqdm.write(message)
 
     def _switch_bn(self) -> None:
+        if self.config.bn_precise_batches:
+            self._precise_bn()
         self.net.switch_bn_to_population()
         if self.ema is not None:
             self.ema.switch_bn_to_population()
 
+    @torch.no_grad()
+    def _precise_bn(self) -> None:
+        """Precise BN: replaces every BN's running statistics by the exact average of its batch
+        statistics over ``bn_precise_batches`` batches of a separate sample stream, the weights as
+        they are now (torch's cumulative average: momentum None). Under DDP each process averages
+        its own shard and rank 0's statistics are broadcast, as for the running statistics."""
+        bns = self.net.batchnorms()
+        momenta = [bn.momentum for bn in bns]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        sampler = InfiniteSampler(len(self.train_set), self.config.seed * PRECISE_BN_STREAM + 1,
+                                  self.dist.rank, self.dist.world_size)
+        loader = DataLoader(self.train_set, batch_size=self.local_batch, sampler=sampler,
+                            num_workers=self.config.num_workers, generator=torch.Generator())
+        was_training = self.net.training
+        self.net.train()
+        try:
+            for _, (lr, _hr) in zip(range(self.config.bn_precise_batches), loader):
+                lr = lr.to(self.device)
+                self.net(rgb_to_luma(lr) if self.config.in_channels == 1 else lr)
+        finally:
+            for bn, momentum in zip(bns, momenta):
+                bn.momentum = momentum
+            self.net.train(was_training)
+
     def _step(self, lr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
         lr = lr.to(self.device, non_blocking=True)
         hr = hr.to(self.device, non_blocking=True)
+        if self.config.in_channels == 1:  # a Y network: trained on the luma of the RGB patches
+            lr, hr = rgb_to_luma(lr), rgb_to_luma(hr)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             sr = self.model(lr)
         loss = F.l1_loss(sr.float(), hr)
@@ -675,8 +770,9 @@ class Trainer:
         if self.is_main:
             if not (self.config.checkpoint_every and self.iteration % self.config.checkpoint_every == 0):
                 self.save_checkpoint()
-            deployed = (self.ema if self.ema is not None else self.net).reparameterize()
-            deployed.save(self.model_path)
+            final = self.ema if self.ema is not None else self.net
+            save_training_weights(final, self.output / TRAINING_WEIGHTS)
+            final.reparameterize().save(self.model_path)
         if self.dist.world_size > 1:
             # Every process returns only once the files exist.
             dist.barrier(device_ids=[self.device.index] if self.device.type == "cuda" else None)
