@@ -203,8 +203,11 @@ def test_cli(grid, tmp_path, capsys):
     assert cli.main(["experiment", "summarize", "--out", str(out), "--results", str(results_md),
                      "--figures", str(tmp_path / "fig")]) == 0
     assert "`repsr_batch_bn`" in results_md.read_text()
-    assert cli.main(["experiment", "run", "--only", "nope"]) == 2
-    assert "invalid choice" in capsys.readouterr().err
+    assert cli.main(["experiment", "run", "--only", "nope"]) == 1
+    assert "unknown arm 'nope'; arms of round1" in capsys.readouterr().err
+    assert cli.main(["experiment", "run", "--round", "2", "--only", "repsr_affine", "--dry-run",
+                     "--out", str(tmp_path / "r2")]) == 0
+    assert "todo     repsr_affine" in capsys.readouterr().out
     assert cli.main(["experiment", "--help"]) == 0
     assert "summarize" in capsys.readouterr().out
 

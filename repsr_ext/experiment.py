@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -141,6 +142,47 @@ MEASURED_IT_PER_S: dict[str, float] = {
     "repsr": 36.9, "repsr_switch0.5": 39.0, "repsr_batch_bn": 37.8, "repsr_no_bn": 50.6,
 }
 
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One round of the experiment: the common setup, the arms, the default size and where its
+    files go. ``per_seed(seed)`` adds TrainConfig keys that depend on the seed (round 2: which fold
+    of photographs trains and which tests); ``evaluate(plain, config, output)`` scores a finished
+    run (default: ``evaluate_round1``) and returns the result keys it adds (at least ``images``,
+    rows with psnr, ssim, bicubic_psnr, bicubic_ssim)."""
+
+    name: str
+    base: dict
+    arms: dict
+    descriptions: dict
+    comparisons: tuple
+    out: str
+    results: str
+    figures: str
+    seeds: int
+    iterations: int
+    ms_per_iteration: dict  # one process, as the grid runs; for the time estimate only
+    per_seed: Callable[[int], dict] | None = None
+    evaluate: Callable | None = None
+
+
+ROUND1 = Grid("round1", BASE, ARMS, DESCRIPTIONS, COMPARISONS, DEFAULT_OUT, DEFAULT_RESULTS, DEFAULT_FIGURES,
+              DEFAULT_SEEDS, DEFAULT_ITERATIONS, {arm: 1000 / v for arm, v in MEASURED_IT_PER_S.items()})
+
+
+def get_grid(name: str | Grid) -> Grid:
+    """The grid of round "1"/"round1" or "2"/"round2" (a Grid is returned as it is)."""
+    if isinstance(name, Grid):
+        return name
+    key = str(name).removeprefix("round")
+    if key == "1":
+        return ROUND1
+    if key == "2":
+        from .experiment_round2 import ROUND2  # here: round 2 imports this module
+        return ROUND2
+    raise ValueError(f"unknown round {name!r}; rounds: 1, 2")
+
 # Keys the grid sets per run; overrides may not change them.
 _GRID_KEYS = frozenset({"block", "block_options", "bn_switch_at", "seed", "iterations", "output", "resume"})
 RESULT_FILE = "result.json"
@@ -149,15 +191,16 @@ BEGIN_MARK = "<!-- BEGIN GENERATED: `repsr experiment summarize` rewrites everyt
 END_MARK = "<!-- END GENERATED -->"
 
 
-def check_arms(names: Iterable[str] | None) -> list[str]:
-    """``names`` (all arms when None) in grid order; ValueError for an unknown one."""
+def check_arms(names: Iterable[str] | None, grid: Grid = ROUND1) -> list[str]:
+    """``names`` (all arms of ``grid`` when None) in grid order; ValueError for an unknown one."""
+    arms = grid.arms
     if names is None:
-        return list(ARMS)
+        return list(arms)
     names = list(names)
-    unknown = [n for n in names if n not in ARMS]
+    unknown = [n for n in names if n not in arms]
     if unknown:
-        raise ValueError(f"unknown arm {', '.join(map(repr, unknown))}; arms: {', '.join(ARMS)}")
-    return [n for n in ARMS if n in names]
+        raise ValueError(f"unknown arm {', '.join(map(repr, unknown))}; arms of {grid.name}: {', '.join(arms)}")
+    return [n for n in arms if n in names]
 
 
 def _seed_list(seeds: int | Iterable[int]) -> list[int]:
@@ -175,22 +218,25 @@ def run_dir(out_dir, arm: str, seed: int) -> Path:
     return Path(out_dir) / arm / f"seed_{seed}"
 
 
-def run_config(out_dir, arm: str, seed: int, iterations: int = DEFAULT_ITERATIONS,
-               overrides: dict | None = None, **settings) -> TrainConfig:
-    """The TrainConfig of one run: ``BASE``, then ``overrides`` (e.g. a tiny preset for tests),
-    then the arm, the seed, the iterations and the output folder. ``settings``: keys that do not
-    change what is computed (``progress``, ``resume``, ...)."""
-    check_arms([arm])
+def run_config(out_dir, arm: str, seed: int, iterations: int | None = None,
+               overrides: dict | None = None, grid: Grid = ROUND1, **settings) -> TrainConfig:
+    """The TrainConfig of one run: the grid's base, then its per-seed keys, then ``overrides``
+    (e.g. a tiny preset for tests), then the arm, the seed, the iterations (default: the grid's)
+    and the output folder. ``settings``: keys that do not change what is computed (``progress``,
+    ``resume``, ...)."""
+    check_arms([arm], grid)
+    iterations = grid.iterations if iterations is None else iterations
     overrides = dict(overrides or {})
-    fixed = sorted(_GRID_KEYS & set(overrides))
+    fixed = sorted((_GRID_KEYS | {k for arm in grid.arms.values() for k in arm}) & set(overrides))
     if fixed:
         raise ValueError(f"overrides may not set {', '.join(fixed)}: the grid sets them per arm and run")
     bad = sorted(set(settings) - _RESUME_MAY_CHANGE)
     if bad:
         raise ValueError(f"settings {', '.join(bad)} change the computation; pass them as overrides")
-    values = {**BASE, **overrides, **ARMS[arm], "seed": seed, "iterations": iterations,
+    per_seed = grid.per_seed(seed) if grid.per_seed else {}
+    values = {**grid.base, **per_seed, **overrides, **grid.arms[arm], "seed": seed, "iterations": iterations,
               "output": str(run_dir(out_dir, arm, seed)), "progress": False, **settings}
-    return TrainConfig.from_dict(values, source=f"experiment arm {arm!r}")
+    return TrainConfig.from_dict(values, source=f"experiment {grid.name} arm {arm!r}")
 
 
 def _computed(config: dict) -> dict:
@@ -231,6 +277,11 @@ def upscale(plain: PlainSR, lr: torch.Tensor) -> torch.Tensor:
     return quantize_8bit(plain.eval()(lr[None].float())[0])
 
 
+def evaluate_round1(plain: PlainSR, config: TrainConfig, output: Path) -> dict:
+    """Round 1's evaluation: the deployed network on the held-out photographs."""
+    return {"images": evaluate_deployed(plain, config.val_data)}
+
+
 def evaluate_deployed(plain: PlainSR, source: str = "embedded") -> list[dict]:
     """Per held-out image: PSNR/SSIM (Y, border = scale) of ``plain`` and of bicubic upscaling."""
     scale = plain.scale
@@ -250,12 +301,13 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 
 def run_one(config: TrainConfig, arm: str, keep_checkpoint: bool = False,
-            log: Callable[[str], None] = print) -> dict:
+            log: Callable[[str], None] = print, grid: Grid = ROUND1) -> dict:
     """Trains (or resumes) one run to the end, evaluates its deployed file and writes
     ``result.json``; returns the result. The result holds: arm, seed, config, per-image and mean
     PSNR/SSIM of the deployed network and of bicubic upscaling, training seconds (summed over
     sessions, from the checkpoint) and seconds per iteration, deployed and training parameters,
-    the iterations it was resumed at, and the software and machine. Unless ``keep_checkpoint``,
+    the iterations it was resumed at, and the software and machine, plus what the grid's
+    ``evaluate`` adds (round 2: dead leaves, flat regions, ...). Unless ``keep_checkpoint``,
     the checkpoint (optimizer state included) is removed once the result is written."""
     output = Path(config.output)
     checkpoint = output / "checkpoints" / "last.pt"
@@ -271,6 +323,7 @@ def run_one(config: TrainConfig, arm: str, keep_checkpoint: bool = False,
         log(f"{arm} seed {config.seed}: resuming at iteration {resumed_at[0]} of {config.iterations}")
     else:
         log(f"{arm} seed {config.seed}: training {config.iterations} iterations")
+    extra = {"initial_loss": initial_loss(config)} if grid.evaluate is not None else {}
     trainer = Trainer(config)
     try:
         trained = trainer.run()
@@ -279,18 +332,21 @@ def run_one(config: TrainConfig, arm: str, keep_checkpoint: bool = False,
     state = load_checkpoint(checkpoint)
     training_seconds = float(state["elapsed"])
     plain = PlainSR.load(output / "model.safetensors")
-    images = evaluate_deployed(plain, config.val_data)
+    evaluation = (grid.evaluate or evaluate_round1)(plain, config, output)
+    images = evaluation["images"]
     mean = {key: float(np.mean([row[key] for row in images]))
             for key in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
     result = {
         "format": RESULT_FORMAT,
+        "round": grid.name,
         "arm": arm,
-        "description": DESCRIPTIONS.get(arm, ""),
+        "description": grid.descriptions.get(arm, ""),
         "seed": config.seed,
         "config": {**config.to_dict(), "resume": ""},
         "iterations": trained.iteration,
         **mean,
-        "images": images,
+        **extra,
+        **evaluation,
         "training_seconds": training_seconds,
         "seconds_per_iteration": training_seconds / max(trained.iteration, 1),
         "final_loss": trained.loss,
@@ -315,38 +371,77 @@ def run_one(config: TrainConfig, arm: str, keep_checkpoint: bool = False,
     return result
 
 
-def plan(out_dir, seeds=DEFAULT_SEEDS, iterations: int = DEFAULT_ITERATIONS, only=None,
-         overrides: dict | None = None) -> list[tuple[str, int, TrainConfig, str]]:
-    """The runs of the grid in the order they run (seed by seed, arms in ``ARMS`` order), each
-    as (arm, seed, config, status) with status 'done', 'partial' or 'todo'."""
+def plan(out_dir, seeds=None, iterations: int | None = None, only=None,
+         overrides: dict | None = None, grid: Grid = ROUND1) -> list[tuple[str, int, TrainConfig, str]]:
+    """The runs of the grid in the order they run (seed by seed, arms in the grid's order), each
+    as (arm, seed, config, status) with status 'done', 'partial' or 'todo'. ``seeds``: a count
+    (seeds 0..n-1) or a list; default the grid's."""
+    seeds = grid.seeds if seeds is None else seeds
     return [(arm, seed, config, run_status(config))
-            for seed in _seed_list(seeds) for arm in check_arms(only)
-            for config in [run_config(out_dir, arm, seed, iterations, overrides)]]
+            for seed in _seed_list(seeds) for arm in check_arms(only, grid)
+            for config in [run_config(out_dir, arm, seed, iterations, overrides, grid)]]
 
 
-def estimate_seconds(runs: list[tuple[str, int, TrainConfig, str]]) -> float:
-    """Training time left for the runs not done, at ``MEASURED_IT_PER_S`` (resumed runs counted
-    whole); only meaningful for the default setup."""
-    return sum(config.iterations / MEASURED_IT_PER_S.get(arm, 30.0)
-               for arm, _, config, status in runs if status != "done")
+def estimate_seconds(runs: list[tuple[str, int, TrainConfig, str]], grid: Grid = ROUND1, workers: int = 1) -> float:
+    """Training time left for the runs not done, at the grid's measured ms per iteration, spread
+    over ``workers`` processes (resumed runs counted whole); only meaningful for the default setup."""
+    return sum(config.iterations * grid.ms_per_iteration.get(arm, 35.0) / 1000
+               for arm, _, config, status in runs if status != "done") / workers
 
 
-def run_grid(out_dir=DEFAULT_OUT, seeds=DEFAULT_SEEDS, iterations: int = DEFAULT_ITERATIONS, only=None, *,
+def initial_loss(config: TrainConfig, batches: int = 4) -> float:
+    """The L1 loss of the run's network as initialised (same seed and build as the trainer), on
+    ``batches`` training batches of a fixed sample stream, BN on batch statistics as in the first
+    step: the check that every arm starts from about the same loss."""
+    import copy
+
+    from .data import InfiniteSampler, make_train_dataset, rgb_to_luma
+
+    torch.manual_seed(config.seed)
+    net = copy.deepcopy(build_network(config)).train()  # its own BN statistics, updated and thrown away
+    dataset = make_train_dataset(config.data, config.scale, config.patch_size, config.data_lr, config.augment)
+    sampler = iter(InfiniteSampler(len(dataset), seed=12_345))
+    losses = []
+    with torch.no_grad():
+        for _ in range(batches):
+            pairs = [dataset[next(sampler)] for _ in range(config.batch_size)]
+            lr, hr = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+            if config.in_channels == 1:
+                lr, hr = rgb_to_luma(lr), rgb_to_luma(hr)
+            losses.append(float(torch.nn.functional.l1_loss(net(lr), hr)))
+    return float(np.mean(losses))
+
+
+def _run_in_worker(config: dict, arm: str, keep_checkpoint: bool, grid_name: str, threads: int) -> dict:
+    """``run_one`` in a worker process of ``run_grid`` (``threads`` torch threads)."""
+    torch.set_num_threads(threads)
+    return run_one(TrainConfig.from_dict(config), arm, keep_checkpoint, _say, get_grid(grid_name))
+
+
+def run_grid(out_dir=None, seeds=None, iterations: int | None = None, only=None, *,
              overrides: dict | None = None, threads: int | None = None, keep_checkpoints: bool = False,
-             max_minutes: float | None = None, progress: bool = False,
-             log: Callable[[str], None] = print) -> list[dict]:
-    """Runs the grid ``only`` arms (default all) x ``seeds`` (a count: seeds 0..n-1, or a list).
+             max_minutes: float | None = None, progress: bool = False, workers: int = 1,
+             grid: Grid | str = ROUND1, log: Callable[[str], None] = print) -> list[dict]:
+    """Runs the grid ``only`` arms (default all) x ``seeds`` (a count: seeds 0..n-1, or a list;
+    default the grid's) into ``out_dir`` (default the grid's folder).
 
     A run with a ``result.json`` is skipped (after checking it was made with the same settings), one
     with a checkpoint is resumed, the others are trained from scratch. ``overrides``: TrainConfig
-    keys that replace ``BASE`` for every arm (tests use a tiny preset). ``threads``: torch threads
-    while the grid runs. ``max_minutes``: start no new run after this many minutes (a run in
-    progress finishes). Returns the results of every finished run of the grid, skipped ones included.
+    keys that replace the grid's base for every arm (tests use a tiny preset). ``threads``: torch
+    threads per process while the grid runs. ``workers``: runs trained side by side in that many
+    processes (spawned; each with ``threads`` threads, default 1), in grid order as workers free
+    up: on a 2-core machine two one-thread processes train about twice as fast as one two-thread
+    process. ``max_minutes``: start no new run after this many minutes (runs in progress finish).
+    Returns the results of every finished run of the grid, skipped ones included.
     """
+    grid = get_grid(grid)
+    out_dir = grid.out if out_dir is None else out_dir
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     started = time.monotonic()
-    runs = plan(out_dir, seeds, iterations, only, overrides)
+    runs = plan(out_dir, seeds, iterations, only, overrides, grid)
     todo = sum(status != "done" for *_, status in runs)
-    log(f"grid: {len(runs)} runs, {len(runs) - todo} done, {todo} to run, in {out_dir}")
+    log(f"grid {grid.name}: {len(runs)} runs, {len(runs) - todo} done, {todo} to run, in {out_dir}")
     finished = {}
     for arm, seed, config, status in runs:  # every finished run checked before anything trains
         if status == "done":
@@ -356,30 +451,61 @@ def run_grid(out_dir=DEFAULT_OUT, seeds=DEFAULT_SEEDS, iterations: int = DEFAULT
                 raise ValueError(f"{config.output} holds a result made with other settings "
                                  f"({'; '.join(differing)}); use another --out")
             finished[arm, seed] = result
-    results = []
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        for arm, seed, config, status in runs:
-            if (arm, seed) in finished:
-                log(f"{arm} seed {seed}: done, skipped")
-                results.append(finished[arm, seed])
-                continue
-            if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
-                log(f"stopping: {max_minutes:g} minutes have passed; run the same command again to continue")
-                break
-            if progress:
-                config = TrainConfig.from_dict({**config.to_dict(), "progress": True})
-            results.append(run_one(config, arm, keep_checkpoints, log))
-    finally:
-        torch.set_num_threads(previous_threads)
-    return results
+    for arm, seed in finished:
+        log(f"{arm} seed {seed}: done, skipped")
+    pending = [(arm, seed, config) for arm, seed, config, _ in runs if (arm, seed) not in finished]
+
+    def time_is_up() -> bool:
+        if max_minutes is not None and time.monotonic() - started > 60 * max_minutes:
+            log(f"stopping: {max_minutes:g} minutes have passed; run the same command again to continue")
+            return True
+        return False
+
+    new: dict[tuple[str, int], dict] = {}
+    if workers == 1:
+        previous_threads = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            for arm, seed, config in pending:
+                if time_is_up():
+                    break
+                if progress:
+                    config = TrainConfig.from_dict({**config.to_dict(), "progress": True})
+                new[arm, seed] = run_one(config, arm, keep_checkpoints, log, grid)
+        finally:
+            torch.set_num_threads(previous_threads)
+    else:
+        import multiprocessing
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            running = {}
+            queue = list(pending)
+            try:
+                while queue or running:
+                    while queue and len(running) < workers and not time_is_up():
+                        arm, seed, config = queue.pop(0)
+                        future = pool.submit(_run_in_worker, config.to_dict(), arm, keep_checkpoints,
+                                             grid.name, threads or 1)
+                        running[future] = (arm, seed)
+                    if not running:
+                        break
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        new[running.pop(future)] = future.result()
+            except BaseException:
+                for future in running:
+                    future.cancel()
+                raise
+    results = [finished.get((arm, seed)) or new.get((arm, seed)) for arm, seed, *_ in runs]
+    return [r for r in results if r is not None]
 
 
 def measure_speed(arms=None, iterations: int = 30, warmup: int = 10, overrides: dict | None = None,
-                  threads: int | None = None, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Training iterations per second of each arm with the grid's setup (``BASE`` + overrides),
+                  threads: int | None = None, grid: Grid = ROUND1,
+                  log: Callable[[str], None] = print) -> dict[str, float]:
+    """Training iterations per second of each arm with the grid's setup (its base + overrides),
     timed over ``iterations`` steps after ``warmup`` steps, in a temporary folder."""
     previous_threads = torch.get_num_threads()
     if threads is not None:
@@ -387,8 +513,9 @@ def measure_speed(arms=None, iterations: int = 30, warmup: int = 10, overrides: 
     speeds = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            for arm in check_arms(arms):
-                config = run_config(tmp, arm, 0, warmup + iterations, {**(overrides or {}), "checkpoint_every": 0})
+            for arm in check_arms(arms, grid):
+                config = run_config(tmp, arm, 0, warmup + iterations, {**(overrides or {}), "checkpoint_every": 0},
+                                    grid)
                 trainer = Trainer(config)
                 try:
                     trainer.run(until=warmup)
@@ -832,30 +959,47 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _grid_of(args) -> Grid:
+    grid = get_grid(args.round)
+    if getattr(args, "only", None):
+        check_arms(args.only, grid)
+    return grid
+
+
 def cmd_run(args) -> int:
+    grid = _grid_of(args)
+    out = grid.out if args.out is None else args.out
     if args.dry_run:
-        runs = plan(args.out, args.seeds, args.iterations, args.only)
+        runs = plan(out, args.seeds, args.iterations, args.only, grid=grid)
         for arm, seed, config, status in runs:
             print(f"{status:8s} {arm:16s} seed {seed}  {config.output}")
-        left = estimate_seconds(runs)
+        left = estimate_seconds(runs, grid, args.workers)
         print(f"{sum(s == 'done' for *_, s in runs)} of {len(runs)} runs done; about {left / 3600:.1f} h of "
-              f"training left at the measured speeds (resumed runs counted whole)")
+              f"training left at the measured speeds with {args.workers} worker(s) (resumed runs counted whole)")
         return 0
-    run_grid(args.out, args.seeds, args.iterations, args.only, threads=args.threads,
+    run_grid(out, args.seeds, args.iterations, args.only, threads=args.threads,
              keep_checkpoints=args.keep_checkpoints, max_minutes=args.max_minutes,
-             progress=args.progress, log=_say)
+             progress=args.progress and args.workers == 1, workers=args.workers, grid=grid, log=_say)
     return 0
 
 
 def cmd_summarize(args) -> int:
-    rendered = render_results(args.out, args.results, args.figures, speed_size=args.speed_size, log=_say)
+    grid = _grid_of(args)
+    if grid.name == "round1":
+        rendered = render_results(args.out or grid.out, args.results or grid.results, args.figures or grid.figures,
+                                  speed_size=args.speed_size, log=_say)
+    else:
+        from .experiment_round2 import render_round2
+        rendered = render_round2(args.out or grid.out, args.results or grid.results, args.figures or grid.figures,
+                                 log=_say)
     if not rendered["table"]:
-        print(f"no finished runs in {args.out}")
+        print(f"no finished runs in {args.out or grid.out}")
     return 0
 
 
 def cmd_measure(args) -> int:
-    measure_speed(args.only, args.iterations, args.warmup, threads=args.threads, log=_say)
+    grid = _grid_of(args)
+    measure_speed(args.only, args.iterations, args.warmup, threads=args.threads, grid=grid, log=_say)
     return 0
 
 
@@ -866,31 +1010,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     def action(name: str, summary: str) -> argparse.ArgumentParser:
-        return actions.add_parser(name, help=summary, description=summary)
+        p = actions.add_parser(name, help=summary, description=summary)
+        p.add_argument("--round", choices=("1", "2"), default="1",
+                       help="which grid: 1 (the first round, experiments/runs) or 2 (the second round, "
+                            "experiments/round2/runs; see experiment_round2.py); default 1")
+        return p
 
-    arm_help = f"only these arms (default: all: {', '.join(ARMS)})"
+    arm_help = "only these arms (default: all of the round's; round 1: " + ", ".join(ARMS) + ")"
     p = action("run", "Run the grid of arms x seeds: finished runs are skipped, interrupted ones resumed from "
                       "their checkpoint, so the same command continues the grid.")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs (default: {DEFAULT_OUT})")
-    p.add_argument("--seeds", type=positive_int, default=DEFAULT_SEEDS,
-                   help=f"seeds 0 .. N-1 of every arm (default: {DEFAULT_SEEDS})")
-    p.add_argument("--iterations", type=positive_int, default=DEFAULT_ITERATIONS,
-                   help=f"training steps per run (default: {DEFAULT_ITERATIONS}; every run of one --out must agree)")
-    p.add_argument("--only", nargs="+", metavar="ARM", choices=list(ARMS), help=arm_help)
-    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, one per core)")
+    p.add_argument("--out", help="folder of the runs (default: the round's, round 1: " + DEFAULT_OUT + ")")
+    p.add_argument("--seeds", type=positive_int,
+                   help=f"seeds 0 .. N-1 of every arm (default: the round's; round 1: {DEFAULT_SEEDS})")
+    p.add_argument("--iterations", type=positive_int,
+                   help=f"training steps per run (default: the round's, round 1: {DEFAULT_ITERATIONS}; "
+                        "every run of one --out must agree)")
+    p.add_argument("--only", nargs="+", metavar="ARM", help=arm_help)
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="runs trained side by side in this many processes (default 1; on a 2-core machine "
+                        "--workers 2 --threads 1 trains about twice as fast as one process)")
+    p.add_argument("--threads", type=positive_int,
+                   help="torch threads per process (default: torch's with one worker, 1 with several)")
     p.add_argument("--max-minutes", type=float, metavar="M",
-                   help="start no new run after M minutes (the run in progress finishes)")
+                   help="start no new run after M minutes (runs in progress finish)")
     p.add_argument("--keep-checkpoints", action="store_true",
                    help="keep checkpoints/last.pt of finished runs (default: removed once result.json is written)")
-    p.add_argument("--progress", action="store_true", help="a progress bar per run")
+    p.add_argument("--progress", action="store_true", help="a progress bar per run (one worker only)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and their status, train nothing")
     p.set_defaults(run=cmd_run)
 
     p = action("summarize", "Tables of the finished runs into the generated section of RESULTS.md, and the "
-                            "ranking and smooth-region figures (matplotlib).")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"folder of the runs (default: {DEFAULT_OUT})")
-    p.add_argument("--results", default=DEFAULT_RESULTS, help=f"markdown file (default: {DEFAULT_RESULTS})")
-    p.add_argument("--figures", default=DEFAULT_FIGURES, help=f"folder of the PNG figures (default: {DEFAULT_FIGURES})")
+                            "figures (matplotlib).")
+    p.add_argument("--out", help="folder of the runs (default: the round's)")
+    p.add_argument("--results", help=f"markdown file (default: {DEFAULT_RESULTS})")
+    p.add_argument("--figures", help="folder of the PNG figures (default: the round's)")
     p.add_argument("--speed-size", type=image_size, default=(180, 320), metavar="HxW",
                    help="LR frame to time the deployed network on (default: 180x320, a 720p x4 output)")
     p.add_argument("--no-speed", dest="speed_size", action="store_const", const=None,
@@ -898,7 +1051,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(run=cmd_summarize)
 
     p = action("measure", "Training speed (it/s) of each arm with the grid's setup, to size the grid.")
-    p.add_argument("--only", nargs="+", metavar="ARM", choices=list(ARMS), help=arm_help)
+    p.add_argument("--only", nargs="+", metavar="ARM", help=arm_help)
     p.add_argument("--iterations", type=positive_int, default=30, help="timed steps per arm (default: 30)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first (default: 10)")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's, one per core)")
