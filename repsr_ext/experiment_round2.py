@@ -26,8 +26,8 @@ second round"):
   deployed file.
 
 Sizing: ``MS_PER_ITERATION`` (measured, two one-thread processes side by side on the project's
-2-core VM) x 4000 iterations x 6 seeds / 2 workers is about 2.6 h of training; see
-``experiments/README.md``. Run it with ``repsr experiment run --round 2 --workers 2``.
+2-core VM; 771 ms for one iteration of every arm) x 4000 iterations x 6 seeds / 2 workers is
+about 2.6 h of training, plus about 5 s of evaluation per run; see ``experiments/README.md``. Run it with ``repsr experiment run --round 2 --workers 2``.
 """
 from __future__ import annotations
 
@@ -137,11 +137,13 @@ COMPARISONS: tuple[tuple[str, str, str], ...] = (
     ("3: RepSR vs other blocks", "repsr", "dbb"),
 )
 
-# ms per training iteration of each arm with BASE, two one-thread processes side by side on the
-# project's 2-core VM (torch 2.13 CPU); only for the time estimate of what is left.
+# ms per training iteration of each arm with BASE: the median over the first 3-4 seeds of the grid
+# itself (two one-thread processes side by side on the project's 2-core VM, torch 2.13 CPU, at
+# times beside other work); only for the time estimate of what is left.
 MS_PER_ITERATION: dict[str, float] = {
-    "plain": 18.0, "ecb": 78.0, "repvgg": 40.0, "acb": 45.0, "dbb": 77.0,
-    **{arm: 68.0 for arm in ARMS if arm.startswith("repsr")}, "repsr_no_bn": 50.0,
+    "plain": 20.8, "ecb": 75.6, "repvgg": 31.2, "acb": 40.5, "dbb": 80.7, "repsr": 68.0,
+    "repsr_switch0.5": 69.2, "repsr_batch_bn": 72.9, "repsr_no_bn": 53.9, "repsr_affine": 62.3,
+    "repsr_precise": 72.0, "repsr_expand": 64.7, "repsr_squeeze": 59.4,
 }
 
 # --- evaluation ------------------------------------------------------------------------------------
