@@ -526,6 +526,13 @@ def format_round2(table: list[dict], comparisons: list[dict]) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _save(fig, path, dpi: int) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    return path
+
+
 def comparison_plot(comparisons: list[dict], path) -> Path:
     """Each comparison's mean PSNR difference on the photographs with its 95% interval (and each
     seed's mean difference as a dot), and the same on dead leaves."""
@@ -552,31 +559,35 @@ def comparison_plot(comparisons: list[dict], path) -> Path:
     axes[0].set_yticks(y, [f"{c['a']} − {c['b']}" for c in rows])
     fig.suptitle("Round 2: paired differences, mean and two-way bootstrap 95% interval (colour: the verdict "
                  "on the photographs, from the family-level interval); x: each seed's mean")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    return path
+    return _save(fig, path, 110)
 
 
-def find_largest_difference(model_a: PlainSR, model_b: PlainSR, pairs, size: int, scale: int):
+def find_largest_difference(model_a: PlainSR, model_b: PlainSR, pairs, size: int, scale: int,
+                            flat_share: float | None = None):
     """(image name, top, left, mean |A - B| luma) of the ``size`` x ``size`` HR window, on a grid of
-    ``scale`` pixels, where the two networks' outputs differ most (mean absolute luma difference)."""
+    ``scale`` pixels, where the two networks' outputs differ most (mean absolute luma difference);
+    with ``flat_share``, only among windows of which at least that share is flat (``flat_mask``):
+    where artifacts of plain BN would show. None where no window qualifies."""
     best = (-1.0, "", 0, 0)
-    for name, lr, _hr in pairs:
+    for name, lr, hr in pairs:
         diff = np.abs(luma_255(_upscale(model_a, lr, scale, model_a.in_channels))
                       - luma_255(_upscale(model_b, lr, scale, model_b.in_channels)))
         pooled = F.avg_pool2d(torch.from_numpy(diff)[None, None], size, stride=scale)[0, 0].numpy()
+        if flat_share is not None:
+            flat = flat_mask(luma_255(hr), border=scale).astype(np.float64)
+            share = F.avg_pool2d(torch.from_numpy(flat)[None, None], size, stride=scale)[0, 0].numpy()
+            pooled = np.where(share >= flat_share, pooled, -1.0)
         i, j = np.unravel_index(np.argmax(pooled), pooled.shape)
         if pooled[i, j] > best[0]:
             best = (float(pooled[i, j]), name, int(i * scale), int(j * scale))
-    return best[1], best[2], best[3], best[0]
+    return None if best[0] < 0 else (best[1], best[2], best[3], best[0])
 
 
 def difference_figure(out_dir, path, pairs_of_arms=(("repsr", "repsr_batch_bn"), ("repsr", "repsr_no_bn")),
-                      size: int = 48) -> Path:
-    """For each pair of arms (first common seed), the test-image window where the two deployed
-    networks differ most: HR, bicubic, A, B (nearest-neighbour enlarged), their |Y error| and
-    |A - B|."""
+                      size: int = 48, flat_share: float = 0.9) -> Path:
+    """For each pair of arms (first common seed), the test-image windows where the two deployed
+    networks differ most, anywhere and among mostly flat windows (``flat_share``): HR, bicubic,
+    A, B (nearest-neighbour enlarged), their |luma error|, and |A - B| on its own scale."""
     from matplotlib.figure import Figure
 
     from .experiment import RESULT_FILE, read_result, run_dir
@@ -593,15 +604,20 @@ def difference_figure(out_dir, path, pairs_of_arms=(("repsr", "repsr_batch_bn"),
         scale = models[0].scale
         source = read_result(run_dir(out_dir, a, seed) / RESULT_FILE)["config"]["val_data"]
         pairs = validation_pairs(source, scale)
-        name, top, left, mean_diff = find_largest_difference(*models, pairs, size - size % scale, scale)
-        _, lr, hr = next(p for p in pairs if p[0] == name)
-        panels.append((a, b, seed, name, top, left, mean_diff, lr, hr, models, scale))
+        side = size - size % scale
+        for where, share in (("anywhere", None), (f"flat windows (>= {flat_share:.0%} flat)", flat_share)):
+            found = find_largest_difference(*models, pairs, side, scale, share)
+            if found is None:
+                continue
+            name, top, left, mean_diff = found
+            _, lr, hr = next(p for p in pairs if p[0] == name)
+            panels.append((a, b, seed, where, name, top, left, mean_diff, lr, hr, models, scale, side))
     if not panels:
         raise ValueError(f"no seed has finished runs of both arms of any pair in {out_dir}")
-    fig = Figure(figsize=(17, 3.4 * len(panels)), layout="constrained")
+    fig = Figure(figsize=(18, 3.3 * len(panels)), layout="constrained")
     grid = np.atleast_2d(fig.subplots(len(panels), 7))
-    for row, (a, b, seed, name, top, left, mean_diff, lr, hr, models, scale) in zip(grid, panels):
-        window = (slice(None), slice(top, top + size), slice(left, left + size))
+    for row, (a, b, seed, where, name, top, left, mean_diff, lr, hr, models, scale, side) in zip(grid, panels):
+        window = (slice(None), slice(top, top + side), slice(left, left + side))
         outputs = [("HR", hr), ("bicubic", bicubic_upscale(lr, scale))]
         outputs += [(f"{arm} (seed {seed})", _upscale(m, lr, scale, m.in_channels)) for arm, m in zip((a, b), models)]
         crops = [(label, image[window]) for label, image in outputs]
@@ -611,20 +627,23 @@ def difference_figure(out_dir, path, pairs_of_arms=(("repsr", "repsr_batch_bn"),
         for ax, (label, crop) in zip(row[:4], crops):
             ax.imshow(crop.clamp(0, 1).permute(1, 2, 0).numpy(), interpolation="nearest")
             extra = "" if label == "HR" else f"\nPSNR {psnr_ssim_y(crop, crops[0][1])[0]:.2f} dB (crop)"
-            ax.set_title((f"{name} x {left}, y {top}\n" if label == "HR" else "") + label + extra, fontsize="small")
+            title = f"{where}: {name}\nx {left}, y {top}" if label == "HR" else label + extra
+            ax.set_title(title, fontsize="small")
         errors = [np.abs(luma_255(c) - hr_luma) for _, c in crops[2:]]
         difference = np.abs(luma_255(crops[2][1]) - luma_255(crops[3][1]))
         vmax = max(float(np.percentile(np.concatenate([e.ravel() for e in errors]), 99.5)), 1.0)
-        for ax, image, title in ((row[4], errors[0], f"|error| {a}"), (row[5], errors[1], f"|error| {b}"),
-                                 (row[6], difference, f"|{a} − {b}| (mean {mean_diff:.2f})")):
+        for ax, image in ((row[4], errors[0]), (row[5], errors[1])):
             im = ax.imshow(image, cmap="magma", vmin=0, vmax=vmax, interpolation="nearest")
-            ax.set_title(f"{title}\nluma, 0 to {vmax:.1f} grey levels", fontsize="small")
-        fig.colorbar(im, ax=row[4:].tolist(), shrink=0.8)
-    fig.suptitle("Where two arms differ most (test photographs, deployed networks, the window of largest mean |A − B|)")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    return path
+        row[4].set_title(f"|error| {a}\n0 to {vmax:.1f} grey levels", fontsize="small")
+        row[5].set_title(f"|error| {b}\n0 to {vmax:.1f} grey levels", fontsize="small")
+        fig.colorbar(im, ax=row[4:6].tolist(), shrink=0.8)
+        dmax = max(float(np.percentile(difference, 99.5)), 0.5)
+        im = row[6].imshow(difference, cmap="viridis", vmin=0, vmax=dmax, interpolation="nearest")
+        row[6].set_title(f"|{a} − {b}|, mean {mean_diff:.2f}\n0 to {dmax:.1f} grey levels", fontsize="small")
+        fig.colorbar(im, ax=row[6], shrink=0.8)
+    fig.suptitle("Where two arms differ most (test photographs, deployed networks: the window of largest mean "
+                 "|A − B| luma, anywhere and among mostly flat windows)")
+    return _save(fig, path, 100)
 
 
 BEGIN_MARK = "<!-- BEGIN GENERATED ROUND 2: `repsr experiment summarize --round 2` rewrites everything up to END GENERATED ROUND 2 -->"
