@@ -476,6 +476,9 @@ def format_round2(table: list[dict], comparisons: list[dict]) -> str:
         "",
         f"Bicubic: {ranked[0]['bicubic_psnr_mean']:.3f} dB on the photographs (mean over the seeds' test folds).",
     ]
+    if len({tuple(r["seeds"]) for r in table}) > 1:
+        parts += ["", "**Arms have different seeds so far** (the folds differ by about 2 dB in PSNR): rank the "
+                      "arms by the paired comparisons below, not by these means."]
     if comparisons:
         parts += [
             "",
