@@ -560,8 +560,8 @@ def comparison_plot(comparisons: list[dict], path) -> Path:
         ax.set_xlabel(f"Δ PSNR (dB), A minus B, {title}")
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(y, [f"{c['a']} − {c['b']}" for c in rows])
-    fig.suptitle("Round 2: paired differences, mean and two-way bootstrap 95% interval (colour: the verdict "
-                 "on the photographs, from the family-level interval); x: each seed's mean")
+    fig.suptitle("Round 2: paired differences, mean and two-way bootstrap 95% interval\n(colour: the verdict "
+                 "on the photographs, from the family-level interval; x: each seed's mean)", fontsize="medium")
     return _save(fig, path, 110)
 
 
