@@ -251,6 +251,35 @@ def test_non_default_stream():
     assert torch.equal(out, expected)
 
 
+def test_start_frames_overlapped_batches_equal_the_synchronous_path():
+    """FusedSR.start_frames (the video path): uploads and downloads on their own streams, several
+    batches queued before any result is taken, behind a busy compute stream; every batch must equal
+    the synchronous upscale_frames of the same frames, and the pinned results must stay intact
+    while later batches run."""
+    import numpy as np
+
+    from helpers import randomize_
+    from repsr_ext import FusedSR, RepSRNet
+
+    net = randomize_(RepSRNet.preset("M4C16", scale=4), seed=21, scale=0.05).eval().reparameterize()
+    fused = FusedSR(net, device=DEV, dtype=torch.float16)
+    rng = np.random.default_rng(21)
+    batches = [rng.integers(0, 256, (3, 37, 53, 3), dtype=np.uint8) for _ in range(4)]
+    expected = [fused.upscale_frames(b) for b in batches]
+    torch.cuda.synchronize()
+    torch.cuda._sleep(50_000_000)  # the compute stream busy: the copies must wait for it, not race
+    jobs = [fused.start_frames(b) for b in batches]
+    results = [job.result() for job in jobs]
+    for got, want in zip(results, expected):
+        assert got.shape == (3, 148, 212, 3) and got.dtype == np.uint8
+        np.testing.assert_array_equal(got, want)
+    more = [fused.start_frames(b) for b in batches]  # the host allocator may recycle blocks now
+    for job, want in zip(more, expected):
+        np.testing.assert_array_equal(job.result(), want)
+    for got, want in zip(results, expected):  # the first results are still the user's
+        np.testing.assert_array_equal(got, want)
+
+
 def test_other_device_index_guard():
     """With several GPUs, an input on cuda:1 runs on cuda:1 while cuda:0 is current."""
     if torch.cuda.device_count() < 2:

@@ -195,6 +195,23 @@ def test_upscale_image_kinds(tmp_path):
     assert up.mode == "RGBA" and np.array_equal(np.asarray(up)[..., :3], out)
 
 
+def test_frame_batches_equal_the_image_path():
+    """upscale_frames (one fused call per batch) and start_frames (its deferred form, which the
+    video path uses) give each frame exactly what upscale gives it alone."""
+    fused = FusedSR.load(randomize_(RepSRNet.preset("M4C8", scale=2), seed=16).eval())
+    frames = np.random.default_rng(16).integers(0, 256, (3, 13, 21, 3), dtype=np.uint8)
+    batch = fused.upscale_frames(frames)
+    assert batch.shape == (3, 26, 42, 3) and batch.dtype == np.uint8
+    for frame, up in zip(frames, batch):
+        assert np.array_equal(up, fused.upscale(frame))
+    assert np.array_equal(fused.start_frames(frames).result(), batch)
+    with pytest.warns(UserWarning, match="small next to this network's reach"):
+        assert np.array_equal(fused.start_frames(frames, tile=8).result(), batch)  # tiled: bit-exact too
+    for bad in (frames[0], frames.astype(np.float32), frames[..., :2], torch.from_numpy(frames)):
+        with pytest.raises(ValueError, match=r"frames must be a uint8 numpy array \[N, H, W, 3\]"):
+            fused.start_frames(bad)
+
+
 def test_bad_inputs_have_clear_errors(tmp_path):
     fused = FusedSR.load(RepSRNet.preset("M4C8", scale=2).eval())
     with pytest.raises(ValueError, match="input has 4 channels, the model expects 3"):

@@ -58,6 +58,7 @@ class FusedSR:
         self.channels = model.channels
         # Receptive radius: each 3x3 layer sees one more pixel on every side.
         self.halo = model.num_layers
+        self._copy_streams = None  # CUDA (upload, download) streams of start_frames, made on first use
         weights, biases, slopes = model.layer_tensors()
         # float32 on every path: the CUDA launch packs its fp16/bf16 copy itself.
         self.weights = [w.to(device=device, dtype=torch.float32).contiguous() for w in weights]
@@ -180,13 +181,53 @@ class FusedSR:
     def upscale_frames(self, frames: np.ndarray, tile: int | None = None) -> np.ndarray:
         """A batch of RGB frames, uint8 [N, H, W, 3] -> [N, rH, rW, 3], each exactly as ``upscale``
         would return it (one fused call for the batch with an RGB model; Y models frame by frame)."""
+        self._check_frames(frames)
+        if self.in_channels == 3 and self.out_channels == 3:
+            return self._upscale_u8_batch(frames, tile)
+        return np.stack([self.upscale_picture(images.Picture(np.ascontiguousarray(f)), tile).color for f in frames])
+
+    def start_frames(self, frames: np.ndarray, tile: int | None = None) -> "PendingFrames":
+        """``upscale_frames`` without waiting for the result: ``.result()`` returns it.
+
+        On a CUDA device, for an RGB model whose batch fits the GPU whole, the batch is queued on
+        the device: its upload from pinned host memory on one copy stream, the net on the current
+        stream, the download into pinned host memory on another copy stream, so a caller that
+        starts the next batch before taking this one's result overlaps the next upload and this
+        download with the net. Everywhere else it runs at once."""
+        if self.device.type != "cuda" or self.in_channels != 3 or self.out_channels != 3:
+            return PendingFrames(self.upscale_frames(frames, tile))
+        self._check_frames(frames)
+        n, height, width, _ = frames.shape
+        free, _ = torch.cuda.mem_get_info(self.device)
+        tiled = tile is not None and (height > tile or width > tile)
+        if tiled or n == 0 or cuda_image_tile(height, width, self._bytes_per_pixel(1) * n, free // 2) is not None:
+            return PendingFrames(self.upscale_frames(frames, tile))
+        if self._copy_streams is None:  # (upload, download), made once per FusedSR
+            self._copy_streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device))
+        upload, download = self._copy_streams
+        compute = torch.cuda.current_stream(self.device)
+        # pin_memory() copies into torch's caching host allocator, which keeps the block until the
+        # upload that reads it has finished.
+        host_in = torch.from_numpy(np.ascontiguousarray(frames)).pin_memory()
+        with torch.cuda.stream(upload):
+            x = host_in.to(self.device, non_blocking=True)
+        compute.wait_stream(upload)
+        x.record_stream(compute)  # allocated on the upload stream, read on the compute stream
+        y = torch.ops.repsr_ext.fused_sr_u8(x, self.weights, self.biases, self.neg_slopes, self.scale, self.residual)
+        download.wait_stream(compute)
+        host_out = torch.empty(y.shape, dtype=torch.uint8, pin_memory=True)
+        with torch.cuda.stream(download):
+            host_out.copy_(y, non_blocking=True)
+        y.record_stream(download)
+        done = torch.cuda.Event()
+        done.record(download)
+        return PendingFrames(host_out, done)
+
+    def _check_frames(self, frames) -> None:
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
             shape = getattr(frames, "shape", None)
             raise ValueError(f"frames must be a uint8 numpy array [N, H, W, 3], got "
                              f"{type(frames).__name__} {getattr(frames, 'dtype', '')} {shape}")
-        if self.in_channels == 3 and self.out_channels == 3:
-            return self._upscale_u8_batch(frames, tile)
-        return np.stack([self.upscale_picture(images.Picture(np.ascontiguousarray(f)), tile).color for f in frames])
 
     def upscale_video(self, source, target, **options):
         """Upscales a video file; see ``repsr_ext.video.upscale_video`` for the options and what is
@@ -260,10 +301,10 @@ class FusedSR:
         return self._tiled(run, batch, spatial_dims=(1, 2), tile=tile, image=True).cpu().numpy()
 
     # --- tiling -------------------------------------------------------------------------------------
-    def _bytes_per_pixel(self, x: torch.Tensor) -> int:
-        """GPU bytes per input pixel of one run: the input, the output (scale^2 larger), and two
-        boundary maps of the widest layer (a split chain ping-pongs between them)."""
-        element = x.element_size()
+    def _bytes_per_pixel(self, element: int) -> int:
+        """GPU bytes per input pixel of one run with ``element``-byte images: the input, the output
+        (scale^2 larger), and two boundary maps of the widest layer (a split chain ping-pongs
+        between them)."""
         compute = 4 if self.dtype == torch.float32 else 2
         return (self.in_channels * element + self.out_channels * self.scale ** 2 * element
                 + 2 * max(self.channels) * compute)
@@ -282,7 +323,7 @@ class FusedSR:
             out_device = torch.device("cpu")
             if tile is None:
                 free, _ = torch.cuda.mem_get_info(x.device)
-                tile = cuda_image_tile(height, width, self._bytes_per_pixel(x) * x.shape[0], free // 2)
+                tile = cuda_image_tile(height, width, self._bytes_per_pixel(x.element_size()) * x.shape[0], free // 2)
         if tile is None or (height <= tile and width <= tile):
             return run(x)
         overhead = ((tile + 8 * self.halo) / tile) ** 2
@@ -313,6 +354,22 @@ class FusedSR:
                 out.narrow(dy, y0 * s, (y1 - y0) * s).narrow(dx, x0 * s, (x1 - x0) * s).copy_(part)
         return out
 
+
+
+class PendingFrames:
+    """A batch started by ``FusedSR.start_frames``; ``result()`` waits for it (once) and returns
+    the upscaled frames, uint8 [N, rH, rW, 3]."""
+
+    def __init__(self, value, done=None):
+        self._value = value  # a numpy array, or a pinned CPU tensor that `done` completes
+        self._done = done  # a torch.cuda.Event, or None when the value is ready
+
+    def result(self) -> np.ndarray:
+        if self._done is not None:
+            self._done.synchronize()
+            self._done = None
+            self._value = self._value.numpy()  # shares the pinned memory, keeps the tensor alive
+        return self._value
 
 
 def cuda_image_tile(height: int, width: int, bytes_per_pixel: int, budget: int) -> int | None:

@@ -9,8 +9,9 @@ Three stages run at once, joined by bounded queues: a reader thread demuxes the 
 video frames to RGB and passes the other streams' packets along; the calling thread runs the net
 on batches of frames; a writer thread converts, encodes and muxes (FFmpeg, through PyAV, releases
 the GIL while it decodes and encodes, and so does the fused op). Memory is bounded whatever the
-clip's length: at most ``queue`` decoded frames wait for the net, one batch is in it, and at most
-``queue`` upscaled batches wait for the encoder, plus the encoder's own look-ahead (libx264: about
+clip's length: at most ``queue`` decoded frames wait for the net, two batches are in it (one in
+flight while the next is started, so that on a CUDA device the transfers overlap the net), and at
+most ``queue`` upscaled batches wait for the encoder, plus the encoder's own look-ahead (libx264: about
 40 frames at its default settings).
 
 Kept from the input: every frame's timestamp (so the frame rate, the time base and a variable frame
@@ -25,6 +26,7 @@ never overwritten; an existing target needs ``overwrite=True``.
 """
 from __future__ import annotations
 
+import collections
 import os
 import queue
 import threading
@@ -405,37 +407,53 @@ class _Run:
             self.stop.set()
 
     def _compute(self):
-        """Runs the net on batches of decoded frames until the reader's end (or a stop)."""
+        """Runs the net on batches of decoded frames until the reader's end (or a stop). One batch
+        stays in flight: the next is started before the previous one's result is taken, so on a
+        CUDA device the transfers of one overlap the net on the other (``FusedSR.start_frames``).
+        Audio packets go out after the frames decoded before them, as they came in."""
         frames, stamps, pending_audio = [], [], []
+        in_flight = collections.deque()  # ("v", PendingFrames, stamps, compare) / ("a", packet)
 
-        def flush() -> bool:
+        def drain(keep_last_batch: bool) -> bool:
+            while in_flight and not (keep_last_batch and in_flight[0][0] == "v" and
+                                     sum(item[0] == "v" for item in in_flight) == 1):
+                item = in_flight.popleft()
+                if item[0] == "v":
+                    _, job, batch_stamps, compare = item
+                    out = job.result()
+                    if compare is not None:
+                        self.compare = (compare[1], out[compare[0]])
+                    item = ("v", list(out), batch_stamps)
+                if not _put(self.upscaled, item, self.stop):
+                    return False
+            return True
+
+        def flush(last: bool) -> bool:
             if frames:
-                out = self.fused.upscale_frames(np.stack(frames), tile=self.tile)
                 first = self.frames_read_by_net - len(frames)
+                compare = None
                 if self.compare_frame is not None and first <= self.compare_frame < self.frames_read_by_net:
                     i = self.compare_frame - first
-                    self.compare = (frames[i], out[i])
-                if not _put(self.upscaled, ("v", list(out), list(stamps)), self.stop):
-                    return False
+                    compare = (i, frames[i])
+                in_flight.append(("v", self.fused.start_frames(np.stack(frames), tile=self.tile), list(stamps),
+                                  compare))
                 frames.clear()
                 stamps.clear()
-            for packet in pending_audio:  # audio goes out after the frames decoded before it
-                if not _put(self.upscaled, ("a", packet), self.stop):
-                    return False
+            in_flight.extend(("a", packet) for packet in pending_audio)
             pending_audio.clear()
-            return True
+            return drain(keep_last_batch=not last)
 
         while True:
             item = _get(self.decoded, self.stop)
             if item is _STOP:
-                if not self.stop.is_set() and flush():
+                if not self.stop.is_set() and flush(last=True):
                     _put(self.upscaled, _STOP, self.stop)
                 return
             if item[0] == "v":
                 frames.append(item[1])
                 stamps.append(item[2])
                 self.frames_read_by_net += 1
-                if len(frames) == self.batch and not flush():
+                if len(frames) == self.batch and not flush(last=False):
                     return
             else:
                 pending_audio.append(item[1])
