@@ -273,6 +273,9 @@ const char* launch_segments(const Net& net, const ImageRef& in, const ImageRef& 
                     : nullptr;
       d.cin = net.layers[l].cin;
       d.cout = net.layers[l].cout;
+      const int j = l - seg.first, k = seg.last - seg.first;
+      d.f32_in = f32_plane_layout(k, j, seg.th, seg.tw);
+      d.f32_out = f32_plane_layout(k, j + 1, seg.th, seg.tw, p.is_tail && j == k - 1 ? net.scale : 0);
     }
     const char* problem = nullptr;
     switch (compute) {

@@ -1,7 +1,8 @@
 // The float32 segment kernel (CUDA cores). One block = one output tile of one image: it loads the
 // tile's input with a halo of one pixel per layer of the segment into shared memory, runs the
 // segment's layers plane to plane in shared memory, and writes either the boundary map (NCHW fp32)
-// or, for the tail, the pixel-shuffled output. Planes are planar: [c][rows][cols] floats.
+// or, for the tail, the pixel-shuffled output. Planes are planar: [c][rows][pitch] floats
+// (f32_plane_layout: rows padded so that a warp's loads hit 32 banks).
 #include "device_utils.cuh"
 
 namespace repsr {
@@ -9,16 +10,16 @@ namespace cuda {
 namespace {
 
 // Plane 0 from the image (any dtype and strides) or from the previous segment's map; zero outside
-// the image (layer 0's padding). Column-fastest, so a warp reads along an image row.
-__device__ void f32_load_plane(const SegmentParams& p, int64_t n, const Plane& pl, int channels,
-                               float* dst) {
-  const int pixels = pl.rows * pl.cols;
+// the image (layer 0's padding). In storage order, row padding included (written as zeros, never
+// read), so a warp's stores are 32 consecutive words; a warp reads along an image row.
+__device__ void f32_load_plane(const SegmentParams& p, int64_t n, const Plane& pl, const F32PlaneLayout& l,
+                               int channels, float* dst) {
   const float* map = static_cast<const float*>(p.map_in);
-  for (int i = threadIdx.x; i < channels * pixels; i += kThreads) {
-    const int c = i / pixels, pix = i - c * pixels;
-    const int py = pix / pl.cols, px = pix - py * pl.cols;
+  for (int i = threadIdx.x; i < channels * l.channel_stride; i += kThreads) {
+    const int c = i / l.channel_stride, pix = i - c * l.channel_stride;
+    const int py = pix / l.pitch, px = pix - py * l.pitch;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = in_image(y, x, p.height, p.width);
+    const bool inside = px < pl.cols && in_image(y, x, p.height, p.width);
     const float v =
         p.from_image
             ? load_image_if(inside, p.image, n, c, y, x)
@@ -28,25 +29,27 @@ __device__ void f32_load_plane(const SegmentParams& p, int64_t n, const Plane& p
   }
 }
 
-// The segment's output plane (exactly the tile) to the boundary map, in-image pixels only.
-__device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl, int channels,
-                              const float* src) {
-  const int pixels = pl.rows * pl.cols;
+// The segment's output plane (exactly the tile) to the boundary map, in-image pixels only. In
+// storage order: a lane on row padding reads its row's last pixel (a word its neighbour reads too:
+// one broadcast, no extra wavefront) and stores nothing.
+__device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl, const F32PlaneLayout& l,
+                              int channels, const float* src) {
   float* map = static_cast<float*>(p.map_out);
-  for (int i = threadIdx.x; i < channels * pixels; i += kThreads) {
-    const int c = i / pixels, pix = i - c * pixels;
-    const int py = pix / pl.cols, px = pix - py * pl.cols;
+  for (int i = threadIdx.x; i < channels * l.channel_stride; i += kThreads) {
+    const int c = i / l.channel_stride, pix = i - c * l.channel_stride;
+    const int py = pix / l.pitch, px = pix - py * l.pitch;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = in_image(y, x, p.height, p.width);
-    st_global_if(inside, map + (inside ? f32_map_offset(n, c, y, x, p.height, p.width, channels) : 0),
-                 ld_shared(src + i));
+    const bool inside = px < pl.cols && in_image(y, x, p.height, p.width);
+    const float v = ld_shared(src + c * l.channel_stride + py * l.pitch + imin(px, pl.cols - 1));
+    st_global_if(inside, map + (inside ? f32_map_offset(n, c, y, x, p.height, p.width, channels) : 0), v);
   }
 }
 
-// The tail plane (tail channels x the tile, bias added) to the output in the output's memory
-// order: pixel shuffle, residual, clamp and conversion per element, consecutive threads writing
-// consecutive elements (whole sectors).
-__device__ void f32_write_tail(const SegmentParams& p, const TileCoord& tile, const float* plane) {
+// The tail plane (tail channels x the tile, bias added; layout f32_plane_layout(k, k, .., scale))
+// to the output in the output's memory order: pixel shuffle, residual, clamp and conversion per
+// element, consecutive threads writing consecutive elements (whole sectors).
+__device__ void f32_write_tail(const SegmentParams& p, const TileCoord& tile, const F32PlaneLayout& l,
+                               const float* plane) {
   const int r = p.scale, th = p.grid.th, tw = p.grid.tw;
   const int rows = static_cast<int>(imin64(th, p.height - tile.y0)) * r;
   const int cols = static_cast<int>(imin64(tw, p.width - tile.x0)) * r;
@@ -59,7 +62,7 @@ __device__ void f32_write_tail(const SegmentParams& p, const TileCoord& tile, co
     output_element(i, row_len, rows, out_c, interleaved, &c, &oy, &ox);
     const int y = oy / r, x = ox / r;
     const int co = (c * r + (oy - y * r)) * r + (ox - x * r);
-    float v = ld_shared(plane + (co * th + y) * tw + x);
+    float v = ld_shared(plane + co * l.channel_stride + y * l.pitch + x);
     if (p.residual) v += load_image_if(true, p.image, tile.n, c, tile.y0 + y, tile.x0 + x);
     if (p.clamp) v = fminf(fmaxf(v, 0.0f), 1.0f);
     store_image_if(true, p.out, image_offset(p.out, tile.n, c, tile.y0 * r + oy, tile.x0 * r + ox), v);
@@ -91,8 +94,7 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
   const int calloc = f32_cout_alloc(cout);
   const int row_groups = static_cast<int>(ceil_div(pout.rows, kF32Rows));
   const int items = static_cast<int>(f32_items(cout, pout.rows, pout.cols));
-  const int in_cs = pin.rows * pin.cols;    // channel stride of the input plane
-  const int out_cs = pout.rows * pout.cols;
+  const int in_pitch = layer.f32_in.pitch, in_cs = layer.f32_in.channel_stride;
   const float* weight = static_cast<const float*>(layer.weight);
 
   const int y_in_lo = static_cast<int>(-pout.y0), y_in_hi = static_cast<int>(p.height - pout.y0);
@@ -106,7 +108,7 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
     // (last, partial row group) are clamped to its last row: valid addresses, results dropped.
     // Offsets grow with the row, so clamping the offset clamps the row (one register for the
     // bound instead of an array of kF32Rows + 2 offsets: this kernel sits at its register cap).
-    const int row_base = y0 * pin.cols + x, row_last = (pin.rows - 1) * pin.cols + x;
+    const int row_base = y0 * in_pitch + x, row_last = (pin.rows - 1) * in_pitch + x;
 
     float acc[kF32Rows][kF32Couts];
 #pragma unroll
@@ -121,7 +123,7 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
       for (int kx = 0; kx < 3; ++kx) {
         float v[kF32Rows + 2];
 #pragma unroll
-        for (int r = 0; r < kF32Rows + 2; ++r) v[r] = ld_shared(src + imin(row_base + r * pin.cols, row_last) + kx);
+        for (int r = 0; r < kF32Rows + 2; ++r) v[r] = ld_shared(src + imin(row_base + r * in_pitch, row_last) + kx);
 #pragma unroll
         for (int ky = 0; ky < 3; ++ky) {
           const float4* wp = reinterpret_cast<const float4*>(wci + (ky * 3 + kx) * calloc);
@@ -141,6 +143,7 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
     // The image's rows as plane rows [y_in_lo, y_in_hi), in 32 bits: fewer registers than
     // 64-bit image coordinates per row (this kernel sits at its register cap).
     const bool col_inside = pout.x0 + x >= 0 && pout.x0 + x < p.width;
+    const int out_pitch = layer.f32_out.pitch, out_cs = layer.f32_out.channel_stride;
 #pragma unroll
     for (int r = 0; r < kF32Rows; ++r) {
       const int y = y0 + r;
@@ -153,7 +156,7 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
         const float v = activate(acc[r][c] + __ldg(layer.bias + co), layer.slope, co);
         // Outside the image: the next layer's zero padding (the tail's plane is read only inside).
         const bool padding = !tail && !inside;
-        st_shared_if(ok, out + (ok ? co * out_cs + y * pout.cols + x : 0), padding ? 0.0f : v);
+        st_shared_if(ok, out + (ok ? co * out_cs + y * out_pitch + x : 0), padding ? 0.0f : v);
       }
     }
   }
@@ -168,7 +171,7 @@ __global__ void __launch_bounds__(kThreads, 2)
   {
     const TileCoord tile = decode_block(blockIdx.x, p.grid);
     f32_load_plane(p, tile.n, segment_plane(p.num_layers, 0, p.grid.th, p.grid.tw, tile.y0, tile.x0),
-                   p.layers[0].cin, buf0);
+                   p.layers[0].f32_in, p.layers[0].cin, buf0);
   }
   __syncthreads();
   for (int j = 0; j < p.num_layers; ++j) {
@@ -180,9 +183,10 @@ __global__ void __launch_bounds__(kThreads, 2)
   const int th = p.grid.th, tw = p.grid.tw;
   float* const last = k % 2 != 0 ? buf1 : buf0;  // plane k
   if (p.is_tail)
-    f32_write_tail(p, tile, last);
+    f32_write_tail(p, tile, p.layers[k - 1].f32_out, last);
   else
-    f32_store_map(p, tile.n, segment_plane(k, k, th, tw, tile.y0, tile.x0), p.layers[k - 1].cout, last);
+    f32_store_map(p, tile.n, segment_plane(k, k, th, tw, tile.y0, tile.x0), p.layers[k - 1].f32_out,
+                  p.layers[k - 1].cout, last);
 }
 
 }  // namespace

@@ -238,10 +238,52 @@ REPSR_HD int64_t tc_units(int cout, int rows, int cols) {
   return m_blocks * (tc_cout_alloc(cout) / (8 * tc_warp_ntiles(cout)));
 }
 
+// float32 planes: [c][rows][pitch] floats, channel c at c * channel_stride. A conv layer's thread
+// items run x-fastest over `item_cols` columns, then over groups of kF32Rows rows, so where a warp
+// wraps from the end of one group's row to the start of the next group's (kF32Rows rows down) the
+// address advances by kF32Rows * pitch - item_cols + 1: with kF32Rows * pitch = item_cols (mod 32)
+// the warp's 32 words stay in 32 different banks. That is possible when item_cols is a multiple of
+// 4 and needed unless it is a multiple of 32 (then no warp wraps); otherwise rows keep their width.
+REPSR_HD int f32_row_pitch(int cols, int item_cols) {
+  if (item_cols % 32 == 0 || item_cols % kF32Rows != 0) return cols;
+  const int want = (item_cols / kF32Rows) % 8;  // pitch mod 8
+  return cols + ((want - cols % 8) % 8 + 8) % 8;
+}
+
+struct F32PlaneLayout {
+  int pitch;           // floats per row
+  int channel_stride;  // floats per channel
+  REPSR_HD int64_t bytes(int channels) const { return int64_t{channels} * channel_stride * 4; }
+};
+
+// Plane j of a k-layer float32 segment. Planes 0..k-1 are laid out for the conv that reads them
+// (its items run over cols - 2 columns); plane k for the conv that writes it (cols columns; the
+// map copy reads it in storage order). A tail segment's plane k (`scale` > 0) is read back in the
+// output's order by f32_write_tail: 32 consecutive NCHW output elements of a row are
+// ceil(32 / r) tile pixels x r channels (co = .. + j, j = ox % r), so a channel stride of
+// ceil(32 / r) mod 32 words puts them in 32 different banks.
+REPSR_HD F32PlaneLayout f32_plane_layout(int k, int j, int th, int tw, int scale = 0) {
+  const Plane p = segment_plane(k, j, th, tw, 0, 0);
+  F32PlaneLayout l;
+  l.pitch = f32_row_pitch(p.cols, j < k ? p.cols - 2 : p.cols);
+  l.channel_stride = p.rows * l.pitch;
+  if (j == k && scale > 1) {
+    const int want = ((32 + scale - 1) / scale) % 32;
+    l.channel_stride += ((want - l.channel_stride % 32) % 32 + 32) % 32;
+  }
+  return l;
+}
+
 // ---- Shared memory ------------------------------------------------------------------------------
-REPSR_HD int64_t plane_bytes(Path path, int channels, int rows, int cols) {
-  const int64_t pixels = int64_t{rows} * cols;
-  return path == Path::kFp32 ? pixels * channels * 4 : int64_t{rows} * tc_row_pitch(channels, cols) * 2;
+// Bytes of a tensor-core plane (channels padded and skewed, rows padded: tc_row_pitch).
+REPSR_HD int64_t tc_plane_bytes(int channels, int rows, int cols) {
+  return int64_t{rows} * tc_row_pitch(channels, cols) * 2;
+}
+// Bytes of plane j of a k-layer segment on either path (`scale` > 0: a tail segment's plane k).
+REPSR_HD int64_t plane_bytes(Path path, int channels, int k, int j, int th, int tw, int scale = 0) {
+  if (path == Path::kFp32) return f32_plane_layout(k, j, th, tw, scale).bytes(channels);
+  const Plane p = segment_plane(k, j, th, tw, 0, 0);
+  return tc_plane_bytes(channels, p.rows, p.cols);
 }
 
 REPSR_HD int dtype_bytes(DType t) {
@@ -339,12 +381,11 @@ REPSR_HD SmemLayout segment_smem(Path path, const int* widths, int k, bool tail,
   int64_t size[2] = {0, 0};
   const int last = tail ? k - 1 : k;
   for (int j = 0; j <= last; ++j) {
-    const Plane p = segment_plane(k, j, th, tw, 0, 0);
-    const int64_t b = plane_bytes(path, widths[j], p.rows, p.cols);
+    const int64_t b = plane_bytes(path, widths[j], k, j, th, tw);
     if (b > size[j % 2]) size[j % 2] = b;
   }
   if (tail) {  // tensor cores: the staged output; float32: the tail's plane (f32_write_tail)
-    const int64_t b = path == Path::kFp32 ? plane_bytes(path, widths[k], th, tw)
+    const int64_t b = path == Path::kFp32 ? plane_bytes(path, widths[k], k, k, th, tw, scale)
                                           : tail_stage_bytes(th, tw, scale, widths[k] / (scale * scale), out_elem);
     if (b > size[k % 2]) size[k % 2] = b;
   }

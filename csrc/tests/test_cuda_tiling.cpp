@@ -602,6 +602,108 @@ void test_tc_plane_banks() {
   check(load_ratio == 1.0 && wide < 1.2, "tensor-core plane bank model: ldmatrix x1, stores on planes >= 8 wide under x1.2");
 }
 
+// Bank conflicts of the float32 kernel's shared accesses by the emulator's bank model
+// (f32_plane_layout): the conv's input loads (6 rows x 3 taps per item) and its epilogue stores into
+// a segment's last plane are conflict-free wherever the output plane's width and height are
+// multiples of 4, in every warp that stays inside one channel group (a warp that crosses into the
+// next group jumps back to row 0, and a partial last row group reads clamped rows; both are in the
+// reported ratio); the tail read-back in NCHW output order is conflict-free for x2,
+// x3 and x4 wherever a warp stays in one output row. Other widths are reported.
+void test_f32_plane_banks() {
+  bool loads_free = true, stores_free = true, tail_free = true;
+  std::string where;
+  uint64_t waves[2] = {0, 0}, ideal[2] = {0, 0};  // [item_cols % 4 == 0]
+  const auto cost_of = [](const repsr_emu::WarpRequest& req) { return repsr_emu::shared_cost(req); };
+  for (int cout : {16, 48, 64})
+    for (int cols_out = 1; cols_out <= 72; ++cols_out)
+      for (int rows_out : {4, 6, 8, 12, 16, 24}) {
+        const int k = 1, th = rows_out, tw = cols_out;  // plane 0: rows_out + 2 x cols_out + 2
+        const F32PlaneLayout lin = f32_plane_layout(k, 0, th, tw), lout = f32_plane_layout(k, 1, th, tw);
+        const int rows_in = rows_out + 2, row_groups = static_cast<int>(ceil_div(rows_out, kF32Rows));
+        const int64_t items = f32_items(cout, rows_out, cols_out), per_group = int64_t{row_groups} * cols_out;
+        const bool fixable = cols_out % kF32Rows == 0 && rows_out % kF32Rows == 0;
+        for (int64_t w0 = 0; w0 < items; w0 += 32) {
+          const bool one_group = w0 / per_group == std::min(w0 + 31, items - 1) / per_group;
+          for (int r = 0; r < kF32Rows + 2; ++r)
+            for (int kx = 0; kx < 3; ++kx) {
+              repsr_emu::WarpRequest req;
+              req.active = 0;
+              for (int lane = 0; lane < 32; ++lane) {
+                const int64_t item = w0 + lane;
+                if (item >= items) continue;
+                req.active |= 1u << lane;
+                const int x = static_cast<int>(item % cols_out), rest = static_cast<int>(item / cols_out);
+                const int y0 = (rest % row_groups) * kF32Rows;
+                const int off = std::min(y0 * lin.pitch + x + r * lin.pitch, (rows_in - 1) * lin.pitch + x) + kx;
+                req.addr[lane] = static_cast<uint64_t>(4 * off);
+              }
+              const repsr_emu::SharedCost c = cost_of(req);
+              waves[fixable] += c.wavefronts;
+              ideal[fixable] += c.ideal;
+              if (fixable && one_group && c.wavefronts != c.ideal && loads_free) {
+                loads_free = false;
+                where = " (loads: width " + std::to_string(cols_out) + ", rows " + std::to_string(rows_out) + ")";
+              }
+            }
+          for (int r = 0; r < kF32Rows; ++r) {  // epilogue stores, channel co0 + 0 of the item
+            repsr_emu::WarpRequest req;
+            req.active = 0;
+            for (int lane = 0; lane < 32; ++lane) {
+              const int64_t item = w0 + lane;
+              if (item >= items) continue;
+              const int x = static_cast<int>(item % cols_out), rest = static_cast<int>(item / cols_out);
+              const int y = (rest % row_groups) * kF32Rows + r, co = (rest / row_groups) * kF32Couts;
+              if (y >= rows_out) continue;
+              req.active |= 1u << lane;
+              req.addr[lane] = static_cast<uint64_t>(4 * (co * lout.channel_stride + y * lout.pitch + x));
+            }
+            if (!req.active) continue;
+            const repsr_emu::SharedCost c = cost_of(req);
+            if (fixable && one_group && c.wavefronts != c.ideal && stores_free) {
+              stores_free = false;
+              where += " (stores: width " + std::to_string(cols_out) + ", rows " + std::to_string(rows_out) + ")";
+            }
+          }
+        }
+      }
+  for (int r : {2, 3, 4})
+    for (int tw = 1; tw <= 40; ++tw)
+      for (int th : {3, 8, 16}) {
+        const F32PlaneLayout l = f32_plane_layout(1, 1, th, tw, r);
+        const int row_len = tw * r;
+        for (int c = 0; c < 3; ++c)
+          for (int oy = 0; oy < th * r; ++oy)
+            for (int ox0 = 0; ox0 + 32 <= row_len; ox0 += 32) {  // warps inside one output row
+              repsr_emu::WarpRequest req;
+              req.active = 0xffffffffu;
+              for (int lane = 0; lane < 32; ++lane) {
+                const int ox = ox0 + lane, y = oy / r, x = ox / r;
+                const int co = (c * r + oy % r) * r + ox % r;
+                req.addr[lane] = static_cast<uint64_t>(4 * (co * l.channel_stride + y * l.pitch + x));
+              }
+              const repsr_emu::SharedCost cost = cost_of(req);
+              if (cost.wavefronts != cost.ideal && tail_free) {
+                tail_free = false;
+                where += " (tail: x" + std::to_string(r) + ", tile width " + std::to_string(tw) + ")";
+              }
+            }
+      }
+  std::printf("  f32 plane banks: conv loads x%.3f (output planes with sides multiple of 4), x%.3f (others)\n",
+              double(waves[1]) / double(ideal[1]), double(waves[0]) / double(ideal[0]));
+  check(loads_free, "float32 conv loads conflict-free on planes with sides multiple of 4" + where);
+  check(stores_free, "float32 epilogue stores into a segment's last plane conflict-free on sides multiple of 4" + where);
+  check(tail_free, "float32 tail read-back conflict-free in NCHW order for x2 / x3 / x4" + where);
+  // The layout itself: rows padded to the rule, never shorter than the plane, at most 7 floats.
+  bool layout_ok = true;
+  for (int cols = 1; cols <= 80; ++cols)
+    for (int item = std::max(1, cols - 2); item <= cols; item += 2) {
+      const int pitch = f32_row_pitch(cols, item);
+      layout_ok = layout_ok && pitch >= cols && pitch < cols + 8 &&
+                  (item % 32 == 0 || item % kF32Rows != 0 ? pitch == cols : (kF32Rows * pitch - item) % 32 == 0);
+    }
+  check(layout_ok, "f32_row_pitch: >= the plane width, < 8 floats of padding, 4 pitch = width (mod 32) where it can");
+}
+
 void test_channel_layouts() {
   bool ok = true;
   for (int c = 1; c <= 200; ++c) {
@@ -637,8 +739,7 @@ void test_smem_layout() {
           ok = ok && s.offset[0] == 0 && s.offset[1] % kSmemAlign == 0 && s.total % kSmemAlign == 0;
           const int last = tail ? k - 1 : k;
           for (int j = 0; j <= last; ++j) {
-            const Plane p = segment_plane(k, j, th, th + 3, 0, 0);
-            const int64_t b = plane_bytes(path, widths[j], p.rows, p.cols);
+            const int64_t b = plane_bytes(path, widths[j], k, j, th, th + 3);
             const int64_t begin = s.offset[j % 2];
             const int64_t end = j % 2 == 0 ? s.offset[1] : s.total;
             ok = ok && begin + b <= end;  // plane j fits its buffer, buffers disjoint
@@ -842,7 +943,8 @@ void test_planner() {
   }
   {
     const ChainPlan p = plan_chain(h100, shape(Path::kTensorCore, body(3, 32, 4, 48), 1, 720, 1280, 4));
-    check(p.segments.size() == 1, "M4C32 fp16 is one segment:" + describe(p));
+    check(p.error == nullptr && p.segments.size() <= 3, "M4C32 fp16 fuses its 6 layers into at most 3 segments:" + describe(p));
+    std::printf("  plan M4C32 tc 720x1280:%s\n", describe(p).c_str());
   }
   // A deep wide net cannot be fused whole: several segments, each within the budget.
   for (const DeviceModel* d : {&h100, &ada}) {
@@ -984,6 +1086,7 @@ int main() {
   test_tc_fragments(16, 16, 1, 1);
   test_tc_fragments(8, 32, 1, 17);
   test_tc_plane_banks();
+  test_f32_plane_banks();
   test_simulation();
   test_smem_layout();
   test_tail_staging();
