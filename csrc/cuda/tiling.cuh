@@ -398,15 +398,18 @@ REPSR_HD SmemLayout segment_smem(Path path, const int* widths, int k, bool tail,
 
 // ---- Cost model (host) --------------------------------------------------------------------------
 // What the planner knows of the device. sm_count and the shared-memory limits are queried at run
-// time; the rates are rough H100 figures (only their ratios steer the choice; see README.md).
+// time; the rates are benchmarks/gpu_model.py's for the H100 SXM (its datasheet figures times that
+// model's efficiency assumptions, which the device run is to measure; only their ratios steer
+// the choice, and the H200 differs only in HBM bandwidth).
 struct DeviceModel {
   int sm_count = 132;
   int64_t smem_per_block = 227 * 1024;  // opt-in maximum of dynamic shared memory per block
   int64_t smem_per_sm = 228 * 1024;
-  double tc_macs_per_sm_s = 0.9e12;     // mma.sync fp16/bf16, ~half of the dense peak
-  double f32_macs_per_sm_s = 0.13e12;   // FFMA, ~60% of peak
-  double bytes_per_s = 2.5e12;          // HBM, achievable
-  double launch_s = 3e-6;               // per segment kernel
+  double tc_macs_per_sm_s = 989.4e12 / 2 * 0.66 / 132;  // dense fp16 peak x mma.sync's assumed 66%
+  double f32_macs_per_sm_s = 66.9e12 / 2 * 0.8 / 132;   // FP32 peak x the FFMA issue rate's 80%
+  double bytes_per_s = 3.35e12 * 0.9;                   // HBM3 x 90% achievable
+  double smem_wavefronts_per_sm_s = 1.98e9;             // one 128-byte wavefront per clock (boost)
+  double launch_s = 3e-6;                               // per segment kernel, back to back
 };
 
 // The chain as the planner sees it.
@@ -455,14 +458,54 @@ inline int blocks_per_sm(const DeviceModel& d, const ChainShape& s, int first, i
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(by_smem, by_regs)));
 }
 
+// Shared-memory wavefronts one block of layers [first, last) issues, assuming no bank conflicts
+// (what the kernels are laid out for; the emulator counts the real ones): plane 0's fill, per
+// layer the conv's operand reads and the epilogue's stores, and the segment's output copy (map
+// or tail staging and read-back). One wavefront = 128 bytes of a warp request.
+inline double segment_block_wavefronts(const ChainShape& s, int first, int last, int th, int tw) {
+  const int k = last - first;
+  const bool tail = last == s.num_layers();
+  const Plane p0 = segment_plane(k, 0, th, tw, 0, 0);
+  const int cin0 = s.widths[first];
+  double waves;
+  if (s.path == Path::kFp32) {
+    waves = double(p0.rows) * p0.cols * cin0 * 4 / 128;
+  } else {
+    waves = double(p0.rows) * p0.cols * tc_channels(cin0) * 2 / 128;
+  }
+  for (int j = 0; j < k; ++j) {
+    const int cin = s.widths[first + j], cout = s.widths[first + j + 1];
+    const Plane out = segment_plane(k, j + 1, th, tw, 0, 0);
+    if (s.path == Path::kFp32) {
+      const double warps = double(ceil_div(f32_items(cout, out.rows, out.cols), 32));
+      waves += warps * (double(cin) * 3 * (kF32Rows + 2) + kF32Rows * kF32Couts);  // 6 rows x 3 taps; 32 stores
+    } else {
+      const double units = double(tc_units(cout, out.rows, out.cols));
+      // per unit: 2 m16 tiles x 9 taps x cin_p / 16 k-steps of one ldmatrix.x4 (4 wavefronts);
+      // epilogue: 2 m16 tiles x NT n8 tiles x 2 row halves of 32 lanes x 4 bytes
+      waves += units * (2.0 * 9 * (tc_channels(cin) / 16) * 4 + 2.0 * tc_warp_ntiles(cout) * 2);
+    }
+  }
+  const int cout = s.widths[last];
+  const double tile = double(th) * tw;
+  if (tail)
+    waves += 2 * tile * cout * (s.path == Path::kFp32 ? 4 : s.out_bytes) / 128;  // staged, read back
+  else
+    waves += tile * map_channels(s.path, cout) * compute_bytes(s.path) / 128;
+  return waves;
+}
+
 // Estimated seconds of one segment launch with th x tw tiles:
 //   compute  per block: for each layer, its work units (kernel granularity) in rounds over the
 //            block's threads, so a plane that leaves warps idle costs its idle time too; halo rings
 //            are computed by every tile that needs them. Blocks run in waves over the SMs; a
 //            resident block shares its SM with the others.
+//   shared   segment_block_wavefronts per block, in the same waves, at one wavefront per clock;
 //   memory   the loaded tiles with their halos, the boundary map or the final output written, the
 //            residual input read, at HBM bandwidth.
 //   launch   a fixed cost per segment.
+// A segment takes the largest of compute, shared and memory (resident blocks overlap one's loads
+// with another's math) plus the launch: benchmarks/gpu_model.py's model, with analytic counts.
 inline double segment_cost(const DeviceModel& d, const ChainShape& s, int first, int last, int th,
                            int tw) {
   const int k = last - first;
@@ -492,6 +535,7 @@ inline double segment_cost(const DeviceModel& d, const ChainShape& s, int first,
   // on its busiest SM.
   const double block_slots = double(blocks / wave) * per_sm + double(ceil_div(blocks % wave, d.sm_count));
   const double compute_s = block_slots * block_s;
+  const double shared_s = block_slots * segment_block_wavefronts(s, first, last, th, tw) / d.smem_wavefronts_per_sm_s;
 
   const Plane in = segment_plane(k, 0, th, tw, 0, 0);
   const int cin = s.widths[first];
@@ -506,7 +550,8 @@ inline double segment_cost(const DeviceModel& d, const ChainShape& s, int first,
   } else {
     bytes += pixels * map_channels(s.path, cout) * compute_bytes(s.path);
   }
-  return compute_s + bytes / d.bytes_per_s + d.launch_s;
+  const double memory_s = bytes / d.bytes_per_s;
+  return std::max(compute_s, std::max(shared_s, memory_s)) + d.launch_s;
 }
 
 // Tile sizes tried along an extent: a fixed ladder below it, and the extent itself when small
