@@ -208,7 +208,10 @@ class FusedSR:
         compute = torch.cuda.current_stream(self.device)
         # pin_memory() copies into torch's caching host allocator, which keeps the block until the
         # upload that reads it has finished.
-        host_in = torch.from_numpy(np.ascontiguousarray(frames)).pin_memory()
+        array = np.ascontiguousarray(frames)
+        if not array.flags.writeable:  # torch wants writable memory (pin_memory copies it anyway)
+            array = array.copy()
+        host_in = torch.from_numpy(array).pin_memory()
         with torch.cuda.stream(upload):
             x = host_in.to(self.device, non_blocking=True)
         compute.wait_stream(upload)
