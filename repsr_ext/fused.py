@@ -201,22 +201,19 @@ class FusedSR:
         free, _ = torch.cuda.mem_get_info(self.device)
         tiled = tile is not None and (height > tile or width > tile)
         if tiled or n == 0 or cuda_image_tile(height, width, self._bytes_per_pixel(1) * n, free // 2) is not None:
-            return PendingFrames(self.upscale_frames(frames, tile))
+            return PendingFrames(self._upscale_u8_batch(frames, tile))
         if self._copy_streams is None:  # (upload, download), made once per FusedSR
             self._copy_streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device))
         upload, download = self._copy_streams
         compute = torch.cuda.current_stream(self.device)
         # pin_memory() copies into torch's caching host allocator, which keeps the block until the
         # upload that reads it has finished.
-        array = np.ascontiguousarray(frames)
-        if not array.flags.writeable:  # torch wants writable memory (pin_memory copies it anyway)
-            array = array.copy()
-        host_in = torch.from_numpy(array).pin_memory()
+        host_in = _host_tensor(frames).pin_memory()
         with torch.cuda.stream(upload):
             x = host_in.to(self.device, non_blocking=True)
         compute.wait_stream(upload)
         x.record_stream(compute)  # allocated on the upload stream, read on the compute stream
-        y = torch.ops.repsr_ext.fused_sr_u8(x, self.weights, self.biases, self.neg_slopes, self.scale, self.residual)
+        y = self._fused_u8(x)
         download.wait_stream(compute)
         host_out = torch.empty(y.shape, dtype=torch.uint8, pin_memory=True)
         with torch.cuda.stream(download):
@@ -289,19 +286,14 @@ class FusedSR:
 
     def _upscale_u8_batch(self, array: np.ndarray, tile) -> np.ndarray:
         """uint8 [N, H, W, C] -> [N, rH, rW, C_out] through the uint8 op (rounded and clamped in it)."""
-        array = np.ascontiguousarray(array)
-        if not array.flags.writeable:  # e.g. np.asarray(PIL image); torch wants writable memory
-            array = array.copy()
-        batch = torch.from_numpy(array)
+        batch = _host_tensor(array)
         if self.device.type == "cuda":  # pinned: the copy runs as DMA, without a staging copy
             batch = batch.pin_memory().to(self.device, non_blocking=True)
+        return self._tiled(self._fused_u8, batch, spatial_dims=(1, 2), tile=tile, image=True).cpu().numpy()
 
-        def run(crop: torch.Tensor) -> torch.Tensor:
-            return torch.ops.repsr_ext.fused_sr_u8(
-                crop, self.weights, self.biases, self.neg_slopes, self.scale, self.residual
-            )
-
-        return self._tiled(run, batch, spatial_dims=(1, 2), tile=tile, image=True).cpu().numpy()
+    def _fused_u8(self, x: torch.Tensor) -> torch.Tensor:
+        """The uint8 op on an NHWC uint8 batch on the model's device."""
+        return torch.ops.repsr_ext.fused_sr_u8(x, self.weights, self.biases, self.neg_slopes, self.scale, self.residual)
 
     # --- tiling -------------------------------------------------------------------------------------
     def _bytes_per_pixel(self, element: int) -> int:
@@ -357,6 +349,15 @@ class FusedSR:
                 out.narrow(dy, y0 * s, (y1 - y0) * s).narrow(dx, x0 * s, (x1 - x0) * s).copy_(part)
         return out
 
+
+
+def _host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A contiguous CPU tensor over ``array`` (copied when it is not contiguous or read-only, e.g.
+    np.asarray of a PIL image: torch wants writable memory)."""
+    array = np.ascontiguousarray(array)
+    if not array.flags.writeable:
+        array = array.copy()
+    return torch.from_numpy(array)
 
 
 class PendingFrames:

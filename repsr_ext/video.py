@@ -412,21 +412,15 @@ class _Run:
         CUDA device the transfers of one overlap the net on the other (``FusedSR.start_frames``).
         Audio packets go out after the frames decoded before them, as they came in."""
         frames, stamps, pending_audio = [], [], []
-        in_flight = collections.deque()  # ("v", PendingFrames, stamps, compare) / ("a", packet)
+        in_flight = collections.deque()  # [PendingFrames, stamps, compare, audio packets after the batch]
 
-        def drain(keep_last_batch: bool) -> bool:
-            while in_flight and not (keep_last_batch and in_flight[0][0] == "v" and
-                                     sum(item[0] == "v" for item in in_flight) == 1):
-                item = in_flight.popleft()
-                if item[0] == "v":
-                    _, job, batch_stamps, compare = item
-                    out = job.result()
-                    if compare is not None:
-                        self.compare = (compare[1], out[compare[0]])
-                    item = ("v", list(out), batch_stamps)
-                if not _put(self.upscaled, item, self.stop):
-                    return False
-            return True
+        def emit(job) -> bool:
+            pending, batch_stamps, compare, audio = job
+            out = pending.result()
+            if compare is not None:
+                self.compare = (compare[1], out[compare[0]])
+            items = [("v", list(out), batch_stamps)] + [("a", packet) for packet in audio]
+            return all(_put(self.upscaled, item, self.stop) for item in items)
 
         def flush(last: bool) -> bool:
             if frames:
@@ -435,13 +429,18 @@ class _Run:
                 if self.compare_frame is not None and first <= self.compare_frame < self.frames_read_by_net:
                     i = self.compare_frame - first
                     compare = (i, frames[i])
-                in_flight.append(("v", self.fused.start_frames(np.stack(frames), tile=self.tile), list(stamps),
-                                  compare))
+                in_flight.append([self.fused.start_frames(np.stack(frames), tile=self.tile), list(stamps), compare, []])
                 frames.clear()
                 stamps.clear()
-            in_flight.extend(("a", packet) for packet in pending_audio)
+            if in_flight:  # audio decoded with a batch's frames goes out after them
+                in_flight[-1][3].extend(pending_audio)
+            elif not all(_put(self.upscaled, ("a", packet), self.stop) for packet in pending_audio):
+                return False
             pending_audio.clear()
-            return drain(keep_last_batch=not last)
+            while len(in_flight) > (0 if last else 1):
+                if not emit(in_flight.popleft()):
+                    return False
+            return True
 
         while True:
             item = _get(self.decoded, self.stop)

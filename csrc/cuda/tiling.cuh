@@ -466,13 +466,7 @@ inline double segment_block_wavefronts(const ChainShape& s, int first, int last,
   const int k = last - first;
   const bool tail = last == s.num_layers();
   const Plane p0 = segment_plane(k, 0, th, tw, 0, 0);
-  const int cin0 = s.widths[first];
-  double waves;
-  if (s.path == Path::kFp32) {
-    waves = double(p0.rows) * p0.cols * cin0 * 4 / 128;
-  } else {
-    waves = double(p0.rows) * p0.cols * tc_channels(cin0) * 2 / 128;
-  }
+  double waves = double(p0.rows) * p0.cols * map_channels(s.path, s.widths[first]) * compute_bytes(s.path) / 128;
   for (int j = 0; j < k; ++j) {
     const int cin = s.widths[first + j], cout = s.widths[first + j + 1];
     const Plane out = segment_plane(k, j + 1, th, tw, 0, 0);
