@@ -114,11 +114,15 @@ def segment_time(gpu: dict, case: dict, segment: dict, compute: str) -> dict:
     wavefronts = sum(segment[key]["wavefronts"] for key in ("ldmatrix", "shared_load", "shared_store")) * scale_up
     smem_s = wavefronts / (gpu["sms"] * gpu["clock_hz"])
     ldm = segment["ldmatrix"]
+    plain = [segment[key] for key in ("shared_load", "shared_store")]
     bound = max((compute_s, "compute"), (hbm_s, "HBM"), (smem_s, "shared"))
     return {
         "time_s": bound[0] + LAUNCH_S, "bound": bound[1], "compute_s": compute_s, "hbm_s": hbm_s,
         "smem_s": smem_s, "hbm_bytes": hbm_bytes, "wavefronts": wavefronts,
         "ldmatrix_conflicts": ldm["wavefronts"] / ldm["ideal"] if ldm["ideal"] else None,
+        # loads and stores other than ldmatrix (planes, copies, staging), scaled like `wavefronts`
+        "plain_wavefronts": sum(c["wavefronts"] for c in plain) * scale_up,
+        "plain_ideal": sum(c["ideal"] for c in plain) * scale_up,
         "tail_store_efficiency": efficiency,
     }
 
@@ -136,6 +140,7 @@ def fused_prediction(gpu: dict, case: dict) -> dict:
         "time_s": total, "bounds": "/".join(bounds), "useful_macs": useful, "executed_macs": executed,
         "hbm_bytes": sum(s["hbm_bytes"] for s in segments), "wavefronts": sum(s["wavefronts"] for s in segments),
         "ldmatrix_conflicts": max(conflicts) if conflicts else None,
+        "plain_conflicts": sum(s["plain_wavefronts"] for s in segments) / sum(s["plain_ideal"] for s in segments),
         "tail_store_efficiency": tail[0] if tail else None,
     }
 
@@ -188,7 +193,7 @@ def table(gpu_name: str, cases: list[dict]) -> str:
     lines = [
         f"**{gpu_name}** (prediction; {gpu['source']})",
         "",
-        "| case | plan (layers@tile) | GMAC useful / executed | HBM MB | smem Mwavefronts | ldmatrix x | tail store eff. "
+        "| case | plan (layers@tile) | GMAC useful / executed | HBM MB | smem Mwavefronts | wavefronts / ideal: ldmatrix, other shared | tail store eff. "
         "| fused ms (bound) | cuDNN lower bound ms | predicted speed-up |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -201,6 +206,7 @@ def table(gpu_name: str, cases: list[dict]) -> str:
             sizes = {f"{s['th']}x{s['tw']}" for s in c["segments"]}
             plan = f"{len(c['segments'])} segments @ {'/'.join(sorted(sizes))}"
         ldm = f"{f['ldmatrix_conflicts']:.2f}" if f["ldmatrix_conflicts"] else "-"
+        ldm += f", {f['plain_conflicts']:.2f}"
         tail = f"{100 * f['tail_store_efficiency']:.0f}%" if f["tail_store_efficiency"] is not None else "-"
         lines.append(
             f"| {c['preset']} b{c['batch']} {c['io']} | {plan} | {f['useful_macs'] / 1e9:.0f} / {f['executed_macs'] / 1e9:.0f} "

@@ -3,10 +3,10 @@
 // float32 kernel (segment_fp32.cu): load the tile with its halo, run the segment's layers between
 // two shared-memory planes, write the boundary map or the pixel-shuffled output.
 //
-// Each layer is an implicit GEMM: M = output-plane pixels (row-major), N = output channels padded
-// to 16, K = 9 taps x input channels padded to 16 (k = tap * cin_p + ci). Planes store a pixel's
-// channels contiguously (stride tc_pixel_stride), so the 16 A rows of an m16 x k16 step are 16
-// pixels' 16-channel slices, one ldmatrix.x4 away: the shift of a tap is only an address offset.
+// Each layer is an implicit GEMM: M = output-plane pixels (slots of tc_order_pixel), N = output
+// channels padded to 16, K = 9 taps x input channels padded to 16 (k = tap * cin_p + ci). Planes
+// store a pixel's channels contiguously (stride tc_pixel_stride), so the 16 A rows of an m16 x k16
+// step are 16 pixels' 16-channel slices, one ldmatrix.x4 away: a tap's shift is an address offset.
 // B (weights) comes pre-packed in fragment order from global memory (L1-resident: all warps of
 // all blocks read the same few KB per step), prefetched one k-step ahead in registers.
 #pragma once
@@ -17,15 +17,16 @@ namespace repsr {
 namespace cuda {
 namespace tc {
 
-// Plane 0 from the image (any dtype/strides; one thread per pixel, 8 channels per 16-byte store,
-// zero in the channel padding and outside the image).
+// Plane 0 from the image (any dtype/strides; one thread per pixel slot of tc_order_pixel, 8
+// channels per 16-byte store, zero in the channel padding and outside the image).
 template <typename T>
 __device__ void load_plane_from_image(const SegmentParams& p, int64_t n, const Plane& pl, int cin,
                                       T* dst) {
-  const int pixels = pl.rows * pl.cols;
+  const int slots = tc_order_slots(pl.rows, pl.cols);
   const int cpad = tc_channels(cin);
-  for (int pix = threadIdx.x; pix < pixels; pix += kThreads) {
-    const int py = pix / pl.cols, px = pix - py * pl.cols;
+  for (int slot = threadIdx.x; slot < slots; slot += kThreads) {
+    int py, px;
+    if (!tc_order_pixel(slot, pl.rows, pl.cols, &py, &px)) continue;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
     const bool inside = in_image(y, x, p.height, p.width);
     for (int c0 = 0; c0 < cpad; c0 += 8) {
@@ -40,7 +41,7 @@ __device__ void load_plane_from_image(const SegmentParams& p, int64_t n, const P
 }
 
 // Work item i of a plane <-> map copy (tiling.cuh, tc_chunk_item) of a plane of `c` channels: its
-// pixel's element offset in the plane (pixel 0 when past the plane: `real` false), chunk, image
+// pixel's element offset in the plane (a stand-in pixel for an idle slot: `real` false), chunk, image
 // position and whether that is in the image.
 struct ChunkItem {
   int offset, chunk;
@@ -49,13 +50,11 @@ struct ChunkItem {
 };
 
 __device__ __forceinline__ ChunkItem chunk_item(const SegmentParams& p, const Plane& pl, int c, int i,
-                                                int chunks, int pixels) {
+                                                int chunks) {
   ChunkItem it;
-  int pix;
-  tc_chunk_item(i, chunks, &pix, &it.chunk);
-  it.real = pix < pixels;
-  if (!it.real) pix = 0;
-  const int py = pix / pl.cols, px = pix - py * pl.cols;
+  int slot, py, px;
+  tc_chunk_item(i, chunks, &slot, &it.chunk);
+  it.real = tc_order_pixel(slot, pl.rows, pl.cols, &py, &px);
   it.offset = tc_pixel_offset(c, pl.cols, py, px);
   it.y = pl.y0 + py;
   it.x = pl.x0 + px;
@@ -68,13 +67,12 @@ __device__ __forceinline__ ChunkItem chunk_item(const SegmentParams& p, const Pl
 template <typename T>
 __device__ void load_plane_from_map(const SegmentParams& p, int64_t n, const Plane& pl, int cin,
                                     T* dst) {
-  const int pixels = pl.rows * pl.cols;
   const int cpad = tc_channels(cin);
   const int chunks = cpad / 8;
   const T* map = static_cast<const T*>(p.map_in);
-  const int items = static_cast<int>(tc_chunk_items(pixels, chunks));
+  const int items = static_cast<int>(tc_chunk_items(pl.rows, pl.cols, chunks));
   for (int i = threadIdx.x; i < items; i += kThreads) {
-    const ChunkItem it = chunk_item(p, pl, cin, i, chunks, pixels);
+    const ChunkItem it = chunk_item(p, pl, cin, i, chunks);
     const int chunk = it.chunk;
     const int64_t y = it.y, x = it.x;
     const bool real = it.real, inside = it.inside;
@@ -89,13 +87,12 @@ __device__ void load_plane_from_map(const SegmentParams& p, int64_t n, const Pla
 template <typename T>
 __device__ void store_plane_to_map(const SegmentParams& p, int64_t n, const Plane& pl, int cout,
                                    const T* src) {
-  const int pixels = pl.rows * pl.cols;
   const int cpad = tc_channels(cout);
   const int chunks = cpad / 8;
   T* map = static_cast<T*>(p.map_out);
-  const int items = static_cast<int>(tc_chunk_items(pixels, chunks));
+  const int items = static_cast<int>(tc_chunk_items(pl.rows, pl.cols, chunks));
   for (int i = threadIdx.x; i < items; i += kThreads) {
-    const ChunkItem it = chunk_item(p, pl, cout, i, chunks, pixels);
+    const ChunkItem it = chunk_item(p, pl, cout, i, chunks);
     const int chunk = it.chunk;
     const int64_t y = it.y, x = it.x;
     const bool inside = it.inside;
@@ -116,8 +113,7 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
   const int cin_p = tc_channels(layer.cin);
   const int in_stride = tc_pixel_stride(layer.cin), in_pitch = tc_row_pitch(layer.cin, pin.cols);
   const int out_cpad = tc_channels(layer.cout);
-  const int pixels = pout.rows * pout.cols;
-  const int m_blocks = static_cast<int>(ceil_div(pixels, kTcWarpPixels));
+  const int m_blocks = static_cast<int>(ceil_div(tc_order_slots(pout.rows, pout.cols, tail), kTcWarpPixels));
   const int pairs = tc_cout_alloc(layer.cout) / 16;  // n8 tile pairs in the packed weights
   const int n_blocks = 2 * pairs / NT;
   const int k_steps = 9 * cin_p / 16;
@@ -125,18 +121,22 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
   const uint32_t in_base = smem_address(in);
   const uint4* weight = static_cast<const uint4*>(layer.weight);
   const int64_t kc_stride = int64_t{pairs} * 32;  // uint4s per k16 step
+  // The output plane's order (rows, cols < 2^12, rows-only flag) in one register: the epilogue
+  // needs it after the k loop, and the <= 4-tile variant sits at its 128-register cap.
+  const uint32_t order = static_cast<uint32_t>(pout.rows) | static_cast<uint32_t>(pout.cols) << 12 |
+                         static_cast<uint32_t>(tail) << 24;
 
   for (int unit = warp; unit < m_blocks * n_blocks; unit += kWarps) {
     const int mb = unit % m_blocks, nb = unit / m_blocks;
 
-    // This lane's ldmatrix row: pixel m of the output plane; its tap-(0,0) input pixel is (py, px)
-    // of the input plane (one pixel of halo on each side). Pixels past the plane (last block) are
-    // clamped to its last pixel: valid reads, results dropped in the epilogue.
+    // This lane's ldmatrix row: output pixel (py, px) of slot m; its tap-(0,0) input pixel is
+    // (py, px) of the input plane (one pixel of halo on each side). An idle slot reads its stand-in
+    // pixel (valid reads, results dropped in the epilogue).
     uint32_t a_addr[MT];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-      const int m = imin(mb * kTcWarpPixels + mt * 16 + tc_a_row(lane), pixels - 1);
-      const int py = m / pout.cols, px = m - py * pout.cols;
+      int py, px;
+      tc_order_pixel(mb * kTcWarpPixels + mt * 16 + tc_a_row(lane), pout.rows, pout.cols, &py, &px, tail);
       a_addr[mt] = in_base + static_cast<uint32_t>((py * in_pitch + px * in_stride + tc_a_col(lane)) *
                                                    static_cast<int>(sizeof(T)));
     }
@@ -186,16 +186,16 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
     }
 
     // Epilogue: bias, activation, then either the next plane or the tail output. Predicated, not
-    // branched: pixels past the plane's end (last unit) store nothing, nor do tail pixels beyond
+    // branched: idle slots (past the plane's end, idle rows) store nothing, nor do tail pixels beyond
     // the image. In the next plane, pixels outside the image are 0 (the next layer's padding) and
     // so are padded channels (literal zeros: an Inf in a real channel must not become NaN there).
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
       for (int h = 0; h < 2; ++h) {  // accumulator rows lane/4 and lane/4 + 8
-        const int m = mb * kTcWarpPixels + mt * 16 + tc_acc_row(lane, 2 * h);
-        const bool valid = m < pixels;
-        const int py = m / pout.cols, px = m - py * pout.cols;
+        int py, px;
+        const bool valid = tc_order_pixel(mb * kTcWarpPixels + mt * 16 + tc_acc_row(lane, 2 * h), order & 0xfff,
+                                          order >> 12 & 0xfff, &py, &px, order >> 24 != 0);
         const int64_t iy = pout.y0 + py, ix = pout.x0 + px;
         const bool inside = in_image(iy, ix, p.height, p.width);
 #pragma unroll
@@ -204,7 +204,7 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
           const float2 bias = __ldg(reinterpret_cast<const float2*>(layer.bias + co));
           float v0 = activate(acc[mt][nt][2 * h] + bias.x, layer.slope, co);
           float v1 = activate(acc[mt][nt][2 * h + 1] + bias.y, layer.slope, co + 1);
-          if (tail) {  // the tail's `out` is the staging; its layout is derived here, not kept live
+          if (order >> 24 != 0) {  // tail: `out` is the staging; its layout is derived here, not kept live
             const TailTarget staging = tail_target(p, out);
             tail_stage_if(valid && inside && co < layer.cout, p, staging, n, iy, ix, py, px, co, v0);
             tail_stage_if(valid && inside && co + 1 < layer.cout, p, staging, n, iy, ix, py, px, co + 1, v1);

@@ -146,23 +146,57 @@ REPSR_HD ShuffleTarget shuffle_target(int co, int r) {
 // ---- Channel layouts ----------------------------------------------------------------------------
 REPSR_HD int tc_channels(int c) { return static_cast<int>(round_up(c, kTcChannelAlign)); }
 REPSR_HD int tc_pixel_stride(int c) { return tc_channels(c) + kTcPixelSkew; }
-// Row pitch, in elements, of a tensor-core plane of `cols` pixels. An ldmatrix phase reads 8
-// consecutive output pixels m of the layer (row-major over the output plane, cols - 2 wide) at
-// input addresses py * pitch + px * stride: with the natural pitch cols * stride, a phase that wraps
-// an output row skips 2 input pixels and two of its rows share a bank group (2 wavefronts). Padding
-// each row by (-2 * stride) mod 8 16-byte units makes pitch = (cols - 2) * stride (mod 8 units), so
-// every phase reads s * m + const (mod 8) with s = stride in units odd: 8 distinct bank groups, at
-// any tap, any column count. When cols - 2 is a multiple of 8 no phase wraps a row and the natural
-// pitch is kept. The price elsewhere: groups of 8 consecutive pixels *written* into a padded plane
-// (epilogue stores, plane loads) see the shift where they wrap one of its rows (not when cols is a
-// multiple of 8). Those are 2 NT store instructions per warp unit against 18 cin_p / 16 ldmatrix
-// phases; no pitch serves both where cols and cols - 2 are both not multiples of 8, since the wrap
-// shift the reader needs (cols - 2) and the one the writer needs (cols) differ.
-REPSR_HD int tc_row_pad_units(int c, int cols) {
-  if ((cols - 2) % 8 == 0) return 0;
-  const int s = tc_pixel_stride(c) * 2 / 16;  // odd
-  return ((-2 * s) % 8 + 8) % 8;                // 2 or 6
+// Pixel order of a tensor-core plane of rows x cols pixels. Every shared-memory phase of the
+// tensor-core path covers 8 pixels x 16 bytes: an ldmatrix matrix (8 A rows), an epilogue store
+// (8 accumulator rows), a quarter warp of a plane <-> map copy. Those 8 pixels are 8 consecutive
+// slots of this order, and it never lets a group of 8 wrap a row (where a plain row-major order
+// would skip the row's end: 2 pixels for a layer reading its input plane, none for one writing
+// its output plane, so no single row pitch serves both): the first 8 * (cols / 8) columns run
+// row-major, each row in whole groups of 8; the last cols % 8 columns run in vertical groups of 8
+// rows (bands of 8 rows; in a band, column by column), the last band's rows past the plane idle.
+// With an odd row pitch in 16-byte units (tc_row_pitch) and the odd pixel stride, a horizontal
+// group's 8 pixels and a vertical group's 8 rows each fall into 8 different bank groups, at any
+// tap offset, for every plane size. Slots past the plane's end (the last warp unit) or in an
+// idle row are no pixel.
+// The tail layer (`rows_only`) stages 8 pixels of a group r^2 channels apart in output rows that a
+// vertical group would stack into the same banks, so it keeps to rows: each row in groups of 8,
+// the last one partial (idle slots where cols is not a multiple of 8).
+REPSR_HD int tc_order_slots(int rows, int cols, bool rows_only = false) {
+  const int rest = cols % 8;
+  if (rows_only) return rows * static_cast<int>(round_up(cols, 8));
+  return rows * (cols - rest) + rest * static_cast<int>(round_up(rows, 8));
 }
+// The pixel (py, px) of slot `slot`; false for no pixel, which then names a stand-in: the same
+// pixel for every idle slot of a group, one of its real pixels where it has any, so reads there
+// cost no extra wavefront.
+REPSR_HD bool tc_order_pixel(int slot, int rows, int cols, int* py, int* px, bool rows_only = false) {
+  if (rows_only) {
+    const int row_slots = static_cast<int>(round_up(cols, 8));
+    const int y = slot / row_slots, x = slot - y * row_slots;
+    const bool real = y < rows && x < cols;
+    *py = y < rows ? y : rows - 1;
+    *px = real ? x : cols - 1;
+    return real;
+  }
+  const int rest = cols % 8, body = cols - rest, body_slots = rows * body;
+  if (slot < body_slots) {
+    *py = slot / body;
+    *px = slot - *py * body;
+    return true;
+  }
+  const int s = slot - body_slots, group = s / 8;
+  const int band = rest > 0 ? group / rest : rows;
+  const int y = band * 8 + s % 8;
+  const bool real = y < rows;
+  *py = real ? y : rows - 1;
+  *px = rest > 0 ? body + group - band * rest : cols - 1;
+  return real;
+}
+// Row pitch, in elements, of a tensor-core plane of `cols` pixels: whole pixels plus one 16-byte
+// unit where that makes the pitch an odd number of units (vertical groups of tc_order_pixel: 8
+// consecutive rows in 8 different bank groups). The pixel stride is odd in units, so an even
+// `cols` gets the unit.
+REPSR_HD int tc_row_pad_units(int c, int cols) { return (cols * (tc_pixel_stride(c) * 2 / 16)) % 2 == 0 ? 1 : 0; }
 REPSR_HD int tc_row_pitch(int c, int cols) { return cols * tc_pixel_stride(c) + tc_row_pad_units(c, cols) * 8; }
 // Element offset of plane pixel (py, px).
 REPSR_HD int tc_pixel_offset(int c, int cols, int py, int px) {
@@ -233,8 +267,8 @@ constexpr int kF32BlocksPerSmByRegisters = 2;
 REPSR_HD int64_t f32_items(int cout, int rows, int cols) {
   return ceil_div(cout, kF32Couts) * ceil_div(rows, kF32Rows) * cols;
 }
-REPSR_HD int64_t tc_units(int cout, int rows, int cols) {
-  const int64_t m_blocks = ceil_div(int64_t{rows} * cols, kTcWarpPixels);
+REPSR_HD int64_t tc_units(int cout, int rows, int cols, bool tail = false) {
+  const int64_t m_blocks = ceil_div(tc_order_slots(rows, cols, tail), kTcWarpPixels);
   return m_blocks * (tc_cout_alloc(cout) / (8 * tc_warp_ntiles(cout)));
 }
 
@@ -297,15 +331,17 @@ REPSR_HD int dtype_bytes(DType t) {
 }
 
 // Plane <-> map copies move 16-byte chunks (8 channels) of pixels. Work item i of
-// tc_chunk_items(pixels, chunks) is chunk (i / 8) % chunks of pixel (i / (8 chunks)) * 8 + i % 8:
-// the 8 lanes of a quarter warp (one shared-memory phase for 16-byte accesses) take 8 neighbouring
-// pixels, whose skewed strides put them in 8 different bank groups, while the whole warp still
-// covers whole pixel records of the NHWC map (full sectors). A pixel >= `pixels` is no work.
-REPSR_HD int64_t tc_chunk_items(int pixels, int chunks) { return ceil_div(pixels, 8) * 8 * chunks; }
-REPSR_HD void tc_chunk_item(int i, int chunks, int* pix, int* chunk) {
+// tc_chunk_items(rows, cols, chunks) is chunk (i / 8) % chunks of slot (i / (8 chunks)) * 8 + i % 8
+// of tc_order_pixel: the 8 lanes of a quarter warp (one shared-memory phase for 16-byte accesses)
+// take one group of 8 pixels (8 different bank groups), while the whole warp still covers whole
+// pixel records of the NHWC map (full sectors).
+REPSR_HD int64_t tc_chunk_items(int rows, int cols, int chunks) {
+  return int64_t{tc_order_slots(rows, cols)} * chunks;
+}
+REPSR_HD void tc_chunk_item(int i, int chunks, int* slot, int* chunk) {
   const int group = i / (8 * chunks), rem = i - group * 8 * chunks;
   *chunk = rem / 8;
-  *pix = group * 8 + rem % 8;
+  *slot = group * 8 + rem % 8;
 }
 
 // ---- Tail staging ----------------------------------------------------------------------------
@@ -474,7 +510,7 @@ inline double segment_block_wavefronts(const ChainShape& s, int first, int last,
       const double warps = double(ceil_div(f32_items(cout, out.rows, out.cols), 32));
       waves += warps * (double(cin) * 3 * (kF32Rows + 2) + kF32Rows * kF32Couts);  // 6 rows x 3 taps; 32 stores
     } else {
-      const double units = double(tc_units(cout, out.rows, out.cols));
+      const double units = double(tc_units(cout, out.rows, out.cols, tail && j == k - 1));
       // per unit: 2 m16 tiles x 9 taps x cin_p / 16 k-steps of one ldmatrix.x4 (4 wavefronts);
       // epilogue: 2 m16 tiles x NT n8 tiles x 2 row halves of 32 lanes x 4 bytes
       waves += units * (2.0 * 9 * (tc_channels(cin) / 16) * 4 + 2.0 * tc_warp_ntiles(cout) * 2);
@@ -517,7 +553,7 @@ inline double segment_cost(const DeviceModel& d, const ChainShape& s, int first,
       const double macs = double(rounds) * kThreads * kF32Rows * kF32Couts * 9.0 * cin;
       block_s += macs / d.f32_macs_per_sm_s;
     } else {
-      const int64_t rounds = ceil_div(tc_units(cout, out.rows, out.cols), kWarps);
+      const int64_t rounds = ceil_div(tc_units(cout, out.rows, out.cols, tail && j == k - 1), kWarps);
       const double macs =
           double(rounds) * kWarps * kTcWarpPixels * 8.0 * tc_warp_ntiles(cout) * 9.0 * tc_channels(cin);
       block_s += macs / d.tc_macs_per_sm_s;

@@ -471,6 +471,16 @@ void run_case(const Case& c, uint64_t seed) {
   check(packs == c.pack_launches, name + ": " + std::to_string(packs) + " weight-packing launches");
   check(segments >= c.min_segments && segments <= c.max_segments,
         name + ": " + std::to_string(segments) + " segment launches");
+  // The tensor-core kernel's own shared accesses (planes, copies, ldmatrix; the tail staging is
+  // device_utils.cuh's) take one wavefront per phase at every plane size (tiling.cuh,
+  // tc_order_pixel and tc_row_pitch).
+  for (const auto& l : r.launches)
+    for (const auto& site : l.sites) {
+      const bool shared = site.kind == "ldmatrix" || site.kind.rfind("shared", 0) == 0;
+      if (shared && site.site.find("segment_tc.cuh") != std::string::npos)
+        check(site.cost == site.ideal, name + ": " + site.kind + " at " + site.site + " took " + std::to_string(site.cost) +
+                                           " wavefronts for " + std::to_string(site.ideal) + " phases");
+    }
 
   Tensor got;
   const std::string outside = read_output(out, &got);
@@ -702,10 +712,11 @@ void model_json(const char* path) {
           for (int j = 0; j < k; ++j) {
             const int cin = s.widths[seg.first + j], cout = s.widths[seg.first + j + 1];
             const Plane pout = segment_plane(k, j + 1, seg.th, seg.tw, 0, 0);
+            const bool tail_layer = seg.last == s.num_layers() && j == k - 1;
             useful += 9.0 * cin * cout * double(s.n) * s.h * s.w;
             executed += s.path == Path::kFp32
                             ? double(f32_items(cout, pout.rows, pout.cols)) * kF32Rows * kF32Couts * 9.0 * cin * blocks
-                            : double(tc_units(cout, pout.rows, pout.cols)) * kTcWarpPixels * 8.0 *
+                            : double(tc_units(cout, pout.rows, pout.cols, tail_layer)) * kTcWarpPixels * 8.0 *
                                   tc_warp_ntiles(cout) * 9.0 * tc_channels(cin) * blocks;
           }
           std::string widths;

@@ -449,7 +449,7 @@ void test_tc_fragments(int cin, int cout, int rows_out, int cols_out) {
   check(bijective, "packed B covers every (k, n) exactly once: " + what);
 
   const int pixels = rows_out * cols_out;
-  const int m_blocks = static_cast<int>(ceil_div(pixels, kTcWarpPixels));
+  const int m_blocks = static_cast<int>(ceil_div(tc_order_slots(rows_out, cols_out), kTcWarpPixels));
   const int n_blocks = 2 * pairs / NT;
   check(int64_t{m_blocks} * n_blocks == tc_units(cout, rows_out, cols_out), "tc_units: " + what);
   std::vector<double> out(static_cast<size_t>(pixels) * calloc, std::nan(""));
@@ -467,8 +467,8 @@ void test_tc_fragments(int cin, int cout, int rows_out, int cols_out) {
           // ldmatrix: per lane row address (element index into the plane).
           int64_t row_addr[32];
           for (int lane = 0; lane < 32; ++lane) {
-            const int m = std::min(mb * kTcWarpPixels + mt * 16 + tc_a_row(lane), pixels - 1);
-            const int py = m / cols_out, px = m % cols_out;
+            int py, px;
+            tc_order_pixel(mb * kTcWarpPixels + mt * 16 + tc_a_row(lane), rows_out, cols_out, &py, &px);
             row_addr[lane] = static_cast<int64_t>(at(py + tap / 3, px + tap % 3)) + tc_a_col(lane) + cc * 16;
           }
           // Lane l's register i holds matrix i, row l / 4, elements 2 (l % 4) + {0, 1}.
@@ -511,9 +511,11 @@ void test_tc_fragments(int cin, int cout, int rows_out, int cols_out) {
         for (int mt = 0; mt < kTcWarpMTiles; ++mt)
           for (int nt = 0; nt < NT; ++nt)
             for (int r = 0; r < 4; ++r) {
-              const int m = mb * kTcWarpPixels + mt * 16 + tc_acc_row(lane, r);
+              int py, px;
+              if (!tc_order_pixel(mb * kTcWarpPixels + mt * 16 + tc_acc_row(lane, r), rows_out, cols_out, &py, &px))
+                continue;
+              const int m = py * cols_out + px;
               const int co = (nb * NT + nt) * 8 + tc_acc_col(lane, r);
-              if (m >= pixels) continue;
               out[static_cast<size_t>(m) * calloc + co] = accr(lane, mt, nt, r);
               ++out_writes[static_cast<size_t>(m) * calloc + co];
             }
@@ -536,70 +538,154 @@ void test_tc_fragments(int cin, int cout, int rows_out, int cols_out) {
   check(err < 1e-9, "tc fragment emulation == direct conv (err " + std::to_string(err) + "): " + what);
 }
 
-// Bank conflicts of the tensor-core conv layer by the emulator's bank model, for every plane width
-// a tile can have: each ldmatrix.x4 (4 phases of 8 lanes, lane l supplying row l % 8 of matrix
-// l / 8) over every m16 tile, tap and k16 step is conflict-free; the epilogue's pair stores into the
-// next plane cost at most 2 wavefronts where a group of 8 pixels wraps a row once (planes >= 8
-// wide; the trade documented at tc_row_pitch). Narrower planes (tiny images) are reported.
-void test_tc_plane_banks() {
-  bool loads_free = true, stores_bounded = true;
+// tc_order_pixel (both orders): every pixel of the plane is exactly one real slot; an idle slot's
+// stand-in is the same for its whole group of 8 or one of the group's real pixels (a read there
+// is a broadcast, no extra wavefront); a group of 8 is one row, or one column (not in the tail's
+// rows-only order).
+void test_tc_order() {
+  bool bijective = true, standins = true, groups = true;
   std::string where;
-  uint64_t store_waves[2] = {0, 0}, store_ideal[2] = {0, 0}, load_waves = 0, load_ideal = 0;
-  for (int cin : {3, 16, 32, 48, 64, 96})
-    for (int cout : {16, 32, 48, 64})
-      for (int cols_out = 1; cols_out <= 72; ++cols_out) {
-        const int rows_out = std::max(1, 96 / cols_out + 2);
-        const int cols_in = cols_out + 2, pixels = rows_out * cols_out;
-        const int cin_p = tc_channels(cin), in_stride = tc_pixel_stride(cin), in_pitch = tc_row_pitch(cin, cols_in);
-        for (int m0 = 0; m0 < pixels; m0 += 16) {
-          for (int tap = 0; tap < 9; ++tap)
-            for (int cc = 0; cc < cin_p / 16; ++cc) {
-              repsr_emu::WarpRequest req;
-              req.active = 0xffffffffu;
-              req.bytes = 16;
-              for (int lane = 0; lane < 32; ++lane) {
-                const int m = std::min(m0 + tc_a_row(lane), pixels - 1);
-                const int py = m / cols_out, px = m % cols_out;
-                req.addr[lane] = static_cast<uint64_t>(
-                    2 * ((py + tap / 3) * in_pitch + (px + tap % 3) * in_stride + tc_a_col(lane) + cc * 16));
+  for (bool rows_only : {false, true})
+    for (int rows = 1; rows <= 27; ++rows)
+      for (int cols = 1; cols <= 75; ++cols) {
+        const int slots = tc_order_slots(rows, cols, rows_only);
+        std::vector<int> seen(static_cast<size_t>(rows) * cols, 0);
+        const int units = static_cast<int>(round_up(slots, kTcWarpPixels));
+        for (int g0 = 0; g0 < units; g0 += 8) {
+          int ys[8], xs[8];
+          bool real[8], any_real = false;
+          for (int t = 0; t < 8; ++t) {
+            real[t] = tc_order_pixel(g0 + t, rows, cols, &ys[t], &xs[t], rows_only) && g0 + t < slots;
+            const bool in_plane = ys[t] >= 0 && ys[t] < rows && xs[t] >= 0 && xs[t] < cols;
+            bijective = bijective && in_plane;
+            if (real[t] && in_plane) ++seen[static_cast<size_t>(ys[t]) * cols + xs[t]];
+            any_real = any_real || real[t];
+          }
+          bool same_row = true, same_col = true;
+          for (int t = 0; t < 8; ++t) {
+            if (!real[t]) {
+              bool ok = true;
+              if (any_real) {
+                ok = false;
+                for (int u = 0; u < 8; ++u) ok = ok || (real[u] && ys[u] == ys[t] && xs[u] == xs[t]);
+              } else {
+                ok = ys[t] == ys[0] && xs[t] == xs[0];
               }
-              const repsr_emu::SharedCost cost = repsr_emu::shared_cost(req);
-              load_waves += cost.wavefronts;
-              load_ideal += cost.ideal;
-              if (cost.wavefronts != cost.ideal && loads_free) {
-                loads_free = false;
-                where = " (cin " + std::to_string(cin) + ", plane width " + std::to_string(cols_out) + ", m " +
-                        std::to_string(m0) + ", tap " + std::to_string(tap) + ")";
-              }
+              standins = standins && ok;
+              continue;
             }
-          for (int nt = 0; nt < tc_channels(cout) / 8; ++nt)
-            for (int h = 0; h < 2; ++h) {
+            for (int u = 0; u < 8; ++u)
+              if (real[u]) {
+                same_row = same_row && ys[u] == ys[t];
+                same_col = same_col && xs[u] == xs[t];
+              }
+          }
+          if (!(same_row || (same_col && !rows_only)) && groups) {
+            groups = false;
+            where = " (plane " + dims(rows, cols) + ", slot " + std::to_string(g0) + ")";
+          }
+        }
+        for (int v : seen) bijective = bijective && v == 1;
+        check(slots >= rows * cols && slots % 8 == 0 && slots <= rows * cols + 7 * (rows_only ? rows : 7),
+              "tc_order_slots bounds: " + dims(rows, cols));
+      }
+  check(bijective, "tc_order_pixel: every pixel exactly once, stand-ins inside the plane");
+  check(standins, "tc_order_pixel: an idle slot's stand-in is a real pixel of its group or the group's one stand-in");
+  check(groups, "tc_order_pixel: a group of 8 is one row or one column" + where);
+}
+
+// Bank conflicts of the tensor-core path by the emulator's bank model, for every plane size a
+// tile can have (widths 1..72, heights around multiples of 8): each ldmatrix.x4 (4 phases of 8
+// lanes, lane l supplying row l % 8 of matrix l / 8) over every m16 tile, tap and k16 step (in
+// both orders), the epilogue's pair stores into the next plane, the plane <-> map copies' 16-byte
+// chunks and the image load's 16-byte stores are all conflict-free: one wavefront per phase.
+// (The tail's staging stores: test_tail_staging.)
+void test_tc_plane_banks() {
+  bool loads_free = true, stores_free = true, copies_free = true;
+  std::string where;
+  uint64_t waves[3] = {0, 0, 0}, ideal[3] = {0, 0, 0};
+  auto note = [&](int kind, const repsr_emu::SharedCost& cost, bool* flag, const std::string& at) {
+    waves[kind] += cost.wavefronts;
+    ideal[kind] += cost.ideal;
+    if (cost.wavefronts != cost.ideal && *flag) {
+      *flag = false;
+      where += at;
+    }
+  };
+  for (bool tail : {false, true})
+    for (int cin : {3, 16, 32, 48, 64, 96})
+    for (int cout : {16, 32, 48, 64})
+      for (int cols_out = 1; cols_out <= 72; ++cols_out)
+        for (int rows_out : {1, 6, 8, 13}) {
+          const int cols_in = cols_out + 2;
+          const int slots = tc_order_slots(rows_out, cols_out, tail);
+          const int cin_p = tc_channels(cin), in_stride = tc_pixel_stride(cin), in_pitch = tc_row_pitch(cin, cols_in);
+          const std::string at = " (cin " + std::to_string(cin) + ", output plane " + dims(rows_out, cols_out) + ")";
+          for (int m0 = 0; m0 < slots; m0 += 16) {
+            for (int tap = 0; tap < 9; ++tap)
+              for (int cc = 0; cc < cin_p / 16; ++cc) {
+                repsr_emu::WarpRequest req;
+                req.active = 0xffffffffu;
+                req.bytes = 16;
+                for (int lane = 0; lane < 32; ++lane) {
+                  int py, px;
+                  tc_order_pixel(m0 + tc_a_row(lane), rows_out, cols_out, &py, &px, tail);
+                  req.addr[lane] = static_cast<uint64_t>(
+                      2 * ((py + tap / 3) * in_pitch + (px + tap % 3) * in_stride + tc_a_col(lane) + cc * 16));
+                }
+                note(0, repsr_emu::shared_cost(req), &loads_free, at + " ldmatrix m " + std::to_string(m0));
+              }
+            for (int nt = 0; nt < tc_channels(cout) / 8 && !tail; ++nt)  // the tail stages: below
+              for (int h = 0; h < 2; ++h) {
+                repsr_emu::WarpRequest req;
+                req.active = 0;
+                req.bytes = 4;
+                for (int lane = 0; lane < 32; ++lane) {
+                  int py, px;
+                  if (!tc_order_pixel(m0 + tc_acc_row(lane, 2 * h), rows_out, cols_out, &py, &px)) continue;
+                  req.active |= 1u << lane;
+                  req.addr[lane] = static_cast<uint64_t>(
+                      2 * (tc_pixel_offset(cout, cols_out, py, px) + nt * 8 + tc_acc_col(lane, 0)));
+                }
+                if (req.active) note(1, repsr_emu::shared_cost(req), &stores_free, at + " epilogue m " + std::to_string(m0));
+              }
+          }
+          if (tail) continue;
+          // Copies of a plane of this size with cin channels: map <-> plane chunks, image -> plane.
+          const int chunks = cin_p / 8;
+          const int items = static_cast<int>(tc_chunk_items(rows_out, cols_out, chunks));
+          for (int i0 = 0; i0 < items; i0 += 32) {
+            repsr_emu::WarpRequest req;
+            req.active = 0;
+            req.bytes = 16;
+            for (int lane = 0; lane < 32 && i0 + lane < items; ++lane) {
+              int slot, chunk, py, px;
+              tc_chunk_item(i0 + lane, chunks, &slot, &chunk);
+              if (!tc_order_pixel(slot, rows_out, cols_out, &py, &px)) continue;
+              req.active |= 1u << lane;
+              req.addr[lane] = static_cast<uint64_t>(2 * (tc_pixel_offset(cin, cols_out, py, px) + chunk * 8));
+            }
+            if (req.active) note(2, repsr_emu::shared_cost(req), &copies_free, at + " map copy item " + std::to_string(i0));
+          }
+          for (int s0 = 0; s0 < slots; s0 += 32)
+            for (int c0 = 0; c0 < cin_p; c0 += 8) {
               repsr_emu::WarpRequest req;
               req.active = 0;
-              req.bytes = 4;
-              for (int lane = 0; lane < 32; ++lane) {
-                const int m = m0 + tc_acc_row(lane, 2 * h);
-                if (m >= pixels) continue;
+              req.bytes = 16;
+              for (int lane = 0; lane < 32 && s0 + lane < slots; ++lane) {
+                int py, px;
+                if (!tc_order_pixel(s0 + lane, rows_out, cols_out, &py, &px)) continue;
                 req.active |= 1u << lane;
-                req.addr[lane] = static_cast<uint64_t>(
-                    2 * (tc_pixel_offset(cout, cols_out, m / cols_out, m % cols_out) + nt * 8 + tc_acc_col(lane, 0)));
+                req.addr[lane] = static_cast<uint64_t>(2 * (tc_pixel_offset(cin, cols_out, py, px) + c0));
               }
-              if (!req.active) continue;
-              const repsr_emu::SharedCost cost = repsr_emu::shared_cost(req);
-              const int wide = cols_out >= 8;
-              store_waves[wide] += cost.wavefronts;
-              store_ideal[wide] += cost.ideal;
-              stores_bounded = stores_bounded && (!wide || cost.wavefronts <= 2 * cost.ideal);
+              if (req.active) note(2, repsr_emu::shared_cost(req), &copies_free, at + " image load slot " + std::to_string(s0));
             }
         }
-      }
-  check(loads_free, "tensor-core ldmatrix phases are conflict-free at every plane width and tap" + where);
-  check(stores_bounded, "tensor-core epilogue stores: at most 2 wavefronts where a pixel group wraps a row");
-  const double load_ratio = double(load_waves) / double(load_ideal);
-  const double narrow = double(store_waves[0]) / double(store_ideal[0]), wide = double(store_waves[1]) / double(store_ideal[1]);
-  std::printf("  tc plane banks: ldmatrix x%.3f (widths 1..72); epilogue stores x%.3f (widths 8..72), x%.3f (1..7)\n",
-              load_ratio, wide, narrow);
-  check(load_ratio == 1.0 && wide < 1.2, "tensor-core plane bank model: ldmatrix x1, stores on planes >= 8 wide under x1.2");
+  std::printf("  tc plane banks (planes 1..13 x 1..72): ldmatrix x%.3f, epilogue stores x%.3f, copies x%.3f\n",
+              double(waves[0]) / double(ideal[0]), double(waves[1]) / double(ideal[1]), double(waves[2]) / double(ideal[2]));
+  check(loads_free, "tensor-core ldmatrix phases are conflict-free at every plane size and tap" + where);
+  check(stores_free, "tensor-core epilogue stores are conflict-free at every plane size" + where);
+  check(copies_free, "tensor-core plane copies are conflict-free at every plane size" + where);
 }
 
 // Bank conflicts of the float32 kernel's shared accesses by the emulator's bank model
@@ -747,11 +833,11 @@ void test_smem_layout() {
         }
   check(ok, "segment shared-memory buffers hold every plane and do not overlap");
   // Concrete numbers: 4 x 16 channels fp16, 32x32 tile, tail 12: plane 0 (40x40, 3 -> 16+8
-  // elements per pixel, rows padded by 2 16-byte units = 16 elements) ...
+  // elements per pixel, even widths: rows padded by one 16-byte unit = 8 elements) ...
   const int widths[] = {3, 16, 16, 16, 12};
   const SmemLayout s = segment_smem(Path::kTensorCore, widths, 4, true, 32, 32);
-  const int64_t b0 = std::max<int64_t>(40 * (40 * 24 + 16) * 2, 36 * (36 * 24 + 16) * 2);
-  const int64_t b1 = std::max<int64_t>(38 * (38 * 24 + 16) * 2, 34 * (34 * 24 + 16) * 2);
+  const int64_t b0 = std::max<int64_t>(40 * (40 * 24 + 8) * 2, 36 * (36 * 24 + 8) * 2);
+  const int64_t b1 = std::max<int64_t>(38 * (38 * 24 + 8) * 2, 34 * (34 * 24 + 8) * 2);
   check(s.offset[1] == round_up(b0, kSmemAlign) && s.total == s.offset[1] + round_up(b1, kSmemAlign),
         "segment_smem for a 4-layer fp16 segment");
 }
@@ -791,31 +877,36 @@ void test_tail_staging() {
   check(order, "tail staging: rows hold consecutive output elements, one pitch apart");
   check(fits, "tail staging: whole-word pitches, channel blocks hold their rows");
 
-  // Fragment stores of the tensor-core tail (channel-major output): lane l holds pixel l / 4 of an
-  // m16 tile row group and channels 2 (l % 4) + {0, 1} of each n8 tile; one store per channel.
+  // Fragment stores of the tensor-core tail (channel-major output): lane l holds the pixel of slot
+  // l / 4 of a group of 8 of the tail's rows-only order (tc_order_pixel) and channels
+  // 2 (l % 4) + {0, 1} of each n8 tile; one store per channel; idle slots store nothing.
   bool conflict_free = true;
   std::string where;
   for (int r : {2, 4})
     for (int elem : {1, 2, 4})
-      for (int tw : {8, 16, 32, 64}) {
-        const int th = 16;
+      for (int tw : {5, 8, 12, 16, 28, 32, 64}) {
+        const int th = 3;
         const TailStage t = tail_stage(th, tw, r, 3, elem);
-        for (int nt = 0; nt < 3 * r * r / 8; ++nt)
-          for (int half = 0; half < 2; ++half) {
-            repsr_emu::WarpRequest req;
-            req.active = 0xffffffffu;
-            req.bytes = elem;
-            for (int lane = 0; lane < 32; ++lane) {
-              const int co = nt * 8 + tc_acc_col(lane, half);
-              req.addr[lane] = static_cast<uint64_t>(tail_stage_offset(t, r, elem, co, 0, lane / 4));
+        for (int g0 = 0; g0 < tc_order_slots(th, tw, true); g0 += 8)
+          for (int nt = 0; nt < 3 * r * r / 8; ++nt)
+            for (int half = 0; half < 2; ++half) {
+              repsr_emu::WarpRequest req;
+              req.active = 0;
+              req.bytes = elem;
+              for (int lane = 0; lane < 32; ++lane) {
+                const int co = nt * 8 + tc_acc_col(lane, half);
+                int py, px;
+                if (!tc_order_pixel(g0 + lane / 4, th, tw, &py, &px, true)) continue;
+                req.active |= 1u << lane;
+                req.addr[lane] = static_cast<uint64_t>(tail_stage_offset(t, r, elem, co, py, px));
+              }
+              const repsr_emu::SharedCost cost = repsr_emu::shared_cost(req);
+              if (cost.wavefronts != cost.ideal) {
+                conflict_free = false;
+                where = " (r " + std::to_string(r) + ", " + std::to_string(elem) + "-byte, tw " + std::to_string(tw) +
+                        ": " + std::to_string(cost.wavefronts) + " wavefronts for " + std::to_string(cost.ideal) + ")";
+              }
             }
-            const repsr_emu::SharedCost cost = repsr_emu::shared_cost(req);
-            if (cost.wavefronts != cost.ideal) {
-              conflict_free = false;
-              where = " (r " + std::to_string(r) + ", " + std::to_string(elem) + "-byte, tw " + std::to_string(tw) +
-                      ": " + std::to_string(cost.wavefronts) + " wavefronts for " + std::to_string(cost.ideal) + ")";
-            }
-          }
       }
   check(conflict_free, "tail staging: tensor-core fragment stores are free of bank conflicts" + where);
 
@@ -1085,6 +1176,9 @@ int main() {
       test_tc_fragments(cin, cout, cin == 64 ? 3 : 5, cout == 96 ? 2 : 7);
   test_tc_fragments(16, 16, 1, 1);
   test_tc_fragments(8, 32, 1, 17);
+  test_tc_fragments(16, 32, 11, 21);  // body columns and a 5-column strip, a partial last band
+  test_tc_fragments(32, 16, 9, 30);
+  test_tc_order();
   test_tc_plane_banks();
   test_f32_plane_banks();
   test_simulation();
