@@ -121,8 +121,9 @@ __device__ void conv_layer(const SegmentParams& p, const LayerDev& layer, int64_
   const uint32_t in_base = smem_address(in);
   const uint4* weight = static_cast<const uint4*>(layer.weight);
   const int64_t kc_stride = int64_t{pairs} * 32;  // uint4s per k16 step
-  // The output plane's order (rows, cols < 2^12, rows-only flag) in one register: the epilogue
-  // needs it after the k loop, and the <= 4-tile variant sits at its 128-register cap.
+  // The output plane's order (rows, cols < 2^12: a 4096-pixel row alone would overflow shared
+  // memory; rows-only flag) in one register: the epilogue needs it after the k loop, and the
+  // <= 4-tile variant sits at its 128-register cap.
   const uint32_t order = static_cast<uint32_t>(pout.rows) | static_cast<uint32_t>(pout.cols) << 12 |
                          static_cast<uint32_t>(tail) << 24;
 
