@@ -196,8 +196,7 @@ REPSR_HD bool tc_order_pixel(int slot, int rows, int cols, int* py, int* px, boo
 // unit where that makes the pitch an odd number of units (vertical groups of tc_order_pixel: 8
 // consecutive rows in 8 different bank groups). The pixel stride is odd in units, so an even
 // `cols` gets the unit.
-REPSR_HD int tc_row_pad_units(int c, int cols) { return (cols * (tc_pixel_stride(c) * 2 / 16)) % 2 == 0 ? 1 : 0; }
-REPSR_HD int tc_row_pitch(int c, int cols) { return cols * tc_pixel_stride(c) + tc_row_pad_units(c, cols) * 8; }
+REPSR_HD int tc_row_pitch(int c, int cols) { return cols * tc_pixel_stride(c) + (cols % 2 == 0 ? 8 : 0); }
 // Element offset of plane pixel (py, px).
 REPSR_HD int tc_pixel_offset(int c, int cols, int py, int px) {
   return py * tc_row_pitch(c, cols) + px * tc_pixel_stride(c);
