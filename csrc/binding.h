@@ -52,9 +52,13 @@ struct NetTensors {
   Net net;
 };
 
+// `input` is seen as [N, C, H, W]; `input_name` and `layout` name the caller's tensor as the
+// user passed it (the uint8 op takes NHWC images).
 inline NetTensors check_and_pack_net(const at::Tensor& input, at::TensorList weights,
                                      at::TensorList biases, at::TensorList neg_slopes,
-                                     int64_t scale, bool residual, bool clamp) {
+                                     int64_t scale, bool residual, bool clamp,
+                                     const char* input_name = "input",
+                                     const char* layout = "[N, C, H, W]") {
   const size_t num_layers = weights.size();
   TORCH_CHECK(num_layers >= 1, "repsr_ext: `weights` must hold at least one conv layer");
   TORCH_CHECK(biases.size() == num_layers, "repsr_ext: `biases` must have one tensor per layer (",
@@ -66,6 +70,10 @@ inline NetTensors check_and_pack_net(const at::Tensor& input, at::TensorList wei
 
   NetTensors p;
   int64_t cin = input.size(1);
+  // The input's channel count against the head's first, so that the message blames the input.
+  TORCH_CHECK(weights[0].dim() != 4 || weights[0].size(1) == cin, "repsr_ext: `", input_name,
+              "` has ", cin, " channels but weights[0] takes ", weights[0].size(1), ": `",
+              input_name, "` must be ", layout, " with C = ", weights[0].size(1));
   for (size_t i = 0; i < num_layers; ++i) {
     const at::Tensor& w = weights[i];
     TORCH_CHECK(w.dim() == 4 && w.size(1) == cin && w.size(2) == 3 && w.size(3) == 3,

@@ -41,7 +41,7 @@ at::Tensor fused_sr_u8_cpu(const at::Tensor& image, at::TensorList weights, at::
   check_uint8_image(image);
   const at::Tensor as_nchw = image.permute({0, 3, 1, 2});
   NetTensors p = check_and_pack_net(as_nchw, weights, biases, neg_slopes, scale, residual,
-                                    /*clamp=*/true);
+                                    /*clamp=*/true, "image", "[N, H, W, C]");
   at::Tensor output = at::empty(output_size_nhwc(image, p.net), image.options());
   if (output.numel() > 0) run_cpu_chain(p.net, nhwc_image_ref(image), nhwc_image_ref(output));
   return output;

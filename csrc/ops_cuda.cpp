@@ -50,7 +50,7 @@ at::Tensor fused_sr_u8_cuda(const at::Tensor& image, at::TensorList weights, at:
   const c10::cuda::CUDAGuard guard(image.device());
   const at::Tensor as_nchw = image.permute({0, 3, 1, 2});
   NetTensors p = check_and_pack_net(as_nchw, weights, biases, neg_slopes, scale, residual,
-                                    /*clamp=*/true);
+                                    /*clamp=*/true, "image", "[N, H, W, C]");
   at::Tensor output = at::empty(output_size_nhwc(image, p.net), image.options());
   // uint8 images compute in float16 on tensor cores. The input is exact in float16 (k / 255 is
   // within 2^-12 relative), and an 8-bit output needs the result to about 1/510 absolute; float16

@@ -84,6 +84,11 @@ def test_missing_file(tmp_path):
         PlainSR.load(tmp_path / "nope.safetensors")
 
 
+def test_directory_as_model_path(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        PlainSR.load(tmp_path)
+
+
 def test_missing_tensor(saved, tmp_path):
     bad = tmp_path / "bad.safetensors"
     _rewrite(saved, bad, edit_tensors=lambda t: t.pop("convs.1.bias"))
@@ -132,6 +137,11 @@ def test_unknown_version(saved, tmp_path):
         ("channels", "[3, -6, 12]", "positive integers"),
         ("activation", "gelu", "unknown activation 'gelu'"),
         ("residual", "bicubic", "unknown residual mode 'bicubic'"),
+        # The slope is a weight the checksum does not cover: NaN / Inf / absurd values are refused.
+        ("lrelu_slope", "bogus", "lrelu_slope='bogus' is not a number"),
+        ("lrelu_slope", "nan", "lrelu_slope 'nan' is not a finite number"),
+        ("lrelu_slope", "-inf", "lrelu_slope '-inf' is not a finite number"),
+        ("lrelu_slope", "1e30", "lrelu_slope '1e30' is not a finite number of magnitude <= 10000"),
     ],
 )
 def test_bad_metadata(saved, tmp_path, key, value, match):

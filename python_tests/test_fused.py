@@ -243,8 +243,12 @@ def test_bad_inputs_have_clear_errors(tmp_path):
 def test_op_argument_checks_name_the_tensor():
     w, b, s = random_net([3, 8, 12], 2, seed=16)
     x = torch.rand(1, 3, 6, 6)
-    with pytest.raises(RuntimeError, match=r"weights\[0\] must have shape \[Cout, 4, 3, 3\]"):
+    with pytest.raises(RuntimeError, match=r"`input` has 4 channels but weights\[0\] takes 3: `input` must be \[N, C, H, W\] with C = 3"):
         torch.ops.repsr_ext.fused_sr(torch.rand(1, 4, 6, 6), w, b, s, 2, True, False)
+    with pytest.raises(RuntimeError, match=r"`image` has 6 channels but weights\[0\] takes 3: `image` must be \[N, H, W, C\]"):
+        torch.ops.repsr_ext.fused_sr_u8(torch.zeros(1, 3, 6, 6, dtype=torch.uint8), w, b, s, 2, True)
+    with pytest.raises(RuntimeError, match=r"weights\[1\] must have shape \[Cout, 8, 3, 3\], got \[12, 7, 3, 3\]"):
+        torch.ops.repsr_ext.fused_sr(x, [w[0], w[1][:, :7]], b, s, 2, True, False)
     with pytest.raises(RuntimeError, match=r"biases\[1\] must have shape \[12\]"):
         torch.ops.repsr_ext.fused_sr(x, w, [b[0], b[1][:5]], s, 2, True, False)
     with pytest.raises(RuntimeError, match="neg_slopes` must have one tensor per activation"):
@@ -253,6 +257,104 @@ def test_op_argument_checks_name_the_tensor():
         torch.ops.repsr_ext.fused_sr(x.double(), w, b, s, 2, True, False)
     with pytest.raises(RuntimeError, match="not a multiple of scale"):
         torch.ops.repsr_ext.fused_sr(x, w, b, s, 3, True, False)
+
+
+def _argument_errors():
+    """Calls the real op refuses, with the message it gives."""
+    w, b, s = random_net([3, 8, 12], 2, seed=21)
+    x = torch.rand(1, 3, 6, 6)
+    return [
+        ((torch.rand(1, 4, 6, 6), w, b, s, 2, True, False), r"`input` has 4 channels but weights\[0\] takes 3"),
+        ((x, [w[0], w[1][:, :7]], b, s, 2, True, False), r"weights\[1\] must have shape \[Cout, 8, 3, 3\]"),
+        ((x, w, [b[0], b[1][:5]], s, 2, True, False), r"biases\[1\] must have shape \[12\]"),
+        ((x, w, b, [], 2, True, False), "`neg_slopes` must have one tensor per activation"),
+        ((x, w, b, [s[0][:3]], 2, True, False), r"neg_slopes\[0\] must have shape \[8\]"),
+        ((x.double(), w, b, s, 2, True, False), "must be .*float32"),
+        ((x[0], w, b, s, 2, True, False), "must be 4-D"),
+        ((x, w, b, s, 3, True, False), "not a multiple of scale"),
+        ((x, w, b, s, 0, True, False), "`scale` must be >= 1"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(len(_argument_errors())))
+def test_fake_kernel_refuses_what_the_op_refuses(case):
+    """Shape inference (torch.compile, FakeTensorMode) checks the arguments as the real op does,
+    rather than inventing an output shape for a call that can never run."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    args, match = _argument_errors()[case]
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.repsr_ext.fused_sr(*args)
+    with FakeTensorMode(allow_non_fake_inputs=True), pytest.raises(RuntimeError, match=match):
+        torch.ops.repsr_ext.fused_sr(*args)
+
+
+def test_fake_kernel_output_matches_the_op():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    w, b, s = random_net([3, 8, 12], 2, seed=22)
+    x = torch.rand(2, 3, 5, 7)
+    real = torch.ops.repsr_ext.fused_sr(x, w, b, s, 2, True, False)
+    image = torch.randint(0, 256, (2, 5, 7, 3), dtype=torch.uint8)
+    real_u8 = torch.ops.repsr_ext.fused_sr_u8(image, w, b, s, 2, True)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        fake = torch.ops.repsr_ext.fused_sr(x, w, b, s, 2, True, False)
+        fake_u8 = torch.ops.repsr_ext.fused_sr_u8(image, w, b, s, 2, True)
+    assert (fake.shape, fake.dtype) == (real.shape, real.dtype)
+    assert (fake_u8.shape, fake_u8.dtype) == (real_u8.shape, real_u8.dtype)
+
+
+def test_meta_tensor_among_the_arguments_is_refused():
+    """A meta tensor anywhere sends the call to the fake kernel; it must not hand back an
+    uninitialised CPU tensor as if it were the result."""
+    w, b, s = random_net([3, 8, 12], 2, seed=23)
+    x = torch.rand(1, 3, 6, 6)
+    with pytest.raises(RuntimeError, match=r"weights\[0\] is on meta but the input is on cpu"):
+        torch.ops.repsr_ext.fused_sr(x, [w[0].to("meta"), w[1]], b, s, 2, True, False)
+    with pytest.raises(RuntimeError, match=r"neg_slopes\[0\] is on meta"):
+        torch.ops.repsr_ext.fused_sr(x, w, b, [s[0].to("meta")], 2, True, False)
+    with pytest.raises(RuntimeError, match=r"biases\[1\] is on meta"):
+        torch.ops.repsr_ext.fused_sr_u8(torch.zeros(1, 6, 6, 3, dtype=torch.uint8), w, [b[0], b[1].to("meta")], s, 2, True)
+
+
+def test_no_silent_wrong_gradients():
+    """The ops have no backward: a gradient through them is an error, never a silently missing
+    term (a forward call on tensors that require grad still works)."""
+    w, b, s = random_net([3, 8, 12], 2, seed=24)
+    x = torch.rand(1, 3, 6, 6, requires_grad=True)
+    y = torch.ops.repsr_ext.fused_sr(x, w, b, s, 2, True, False)
+    assert torch.equal(y.detach(), torch.ops.repsr_ext.fused_sr(x.detach(), w, b, s, 2, True, False))
+    with pytest.raises(RuntimeError, match="have no backward"):
+        (y.sum() + x.sum()).backward()
+    weight = w[0].clone().requires_grad_()
+    y = torch.ops.repsr_ext.fused_sr(x.detach(), [weight, w[1]], b, s, 2, True, False)
+    with pytest.raises(RuntimeError, match="have no backward"):
+        y.sum().backward()
+    with torch.no_grad():  # the usual inference call: no graph at all
+        assert not torch.ops.repsr_ext.fused_sr(x, w, b, s, 2, True, False).requires_grad
+
+
+def test_fusedsr_device_without_index_and_weights_are_a_snapshot():
+    """FusedSR compares inputs with where its weights are (a device given without an index, like
+    "cuda", means the current one, which tensors report with its index), and keeps its own copy
+    of the weights: editing the PlainSR afterwards does not change it."""
+    plain = PlainSR(*random_net([3, 8, 12], 2, seed=25)[:2], act="relu", scale=2)
+    x = _input((1, 3, 6, 6), seed=25)
+    fused = FusedSR(plain, device="cpu:0")
+    assert fused.device == x.device
+    before = fused(x)
+    with torch.no_grad():
+        plain.convs[0].weight.mul_(-1.0)
+    assert torch.equal(fused(x), before)
+    assert not torch.equal(FusedSR(plain)(x), before)
+
+
+def test_fusedsr_tiled_empty_image():
+    fused = FusedSR(PlainSR(*random_net([3, 8, 12], 2, seed=26)[:2], act="relu", scale=2))
+    for shape in [(1, 3, 0, 20), (2, 3, 20, 0), (0, 3, 20, 20)]:
+        out = fused(torch.rand(shape), tile=8)
+        assert out.shape == (shape[0], 3, shape[2] * 2, shape[3] * 2)
+    assert fused.upscale(np.zeros((0, 20, 3), np.uint8), tile=4).shape == (0, 40, 3)
 
 
 def test_opcheck():

@@ -139,6 +139,9 @@ def test_residual_none_and_other_channel_counts():
         (dict(scale=2, channels=4, num_blocks=1, block="nope"), "nope"),
         (dict(scale=2, channels=4, num_blocks=1, residual="bilinear"), "residual"),
         (dict(scale=2, channels=4, num_blocks=1, in_channels=1, out_channels=3), "in_channels"),
+        (dict(scale=2, channels=True, num_blocks=1), "channels must be a positive integer, got True"),
+        (dict(scale=2, channels=4, num_blocks=1, act="lrelu", lrelu_slope="x"), "lrelu_slope must be a finite number"),
+        (dict(scale=2, channels=4, num_blocks=1, act="lrelu", lrelu_slope=float("nan")), "lrelu_slope"),
     ],
 )
 def test_bad_network_arguments(kwargs, match):
@@ -152,6 +155,8 @@ def test_plain_sr_rejects_inconsistent_layers():
         PlainSR(w, [torch.randn(4), torch.randn(12)], act="relu", scale=2)
     with pytest.raises(ValueError, match="not a multiple of scale"):
         PlainSR([torch.randn(4, 3, 3, 3), torch.randn(10, 4, 3, 3)], [torch.randn(4), torch.randn(10)], act="relu", scale=2)
+    with pytest.raises(ValueError, match="lrelu_slope must be a finite number, got inf"):
+        PlainSR(w[:1], [torch.randn(4)], act="lrelu", scale=1, residual="none", lrelu_slope=float("inf"))
 
 
 def test_reparameterize_is_one_conversion_not_per_forward():

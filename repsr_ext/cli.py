@@ -708,7 +708,7 @@ def add_act_option(p: argparse.ArgumentParser) -> None:
 
 
 # Errors a user can cause and fix; anything else is a bug and keeps its traceback.
-_USAGE_ERRORS = (UsageError, FileNotFoundError)
+_USAGE_ERRORS = (UsageError, FileNotFoundError, IsADirectoryError)
 _RUNTIME_ERRORS = (ValueError, TypeError, RuntimeError, OSError)  # DeployedFileError is a ValueError
 
 

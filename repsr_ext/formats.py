@@ -130,6 +130,8 @@ def _atomic_write(path, write) -> None:
 def load_plain(path, act: str | None = None) -> PlainSR:
     """Reads a deployed repsr_ext file or an SRVGGNetCompact state dict (.pth or .safetensors)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"model path is a directory, not a file: {path}")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     tensors, metadata = _read_tensors(path)
@@ -220,9 +222,16 @@ def _plain_from_deployed(path: Path, tensors: dict, meta: dict) -> PlainSR:
     try:
         scale = int(meta["scale"])
         channels = json.loads(meta["channels"])
-        lrelu_slope = float(meta.get("lrelu_slope", DEFAULT_LRELU_SLOPE))
     except (ValueError, TypeError):
         fail(f"malformed metadata: scale={meta['scale']!r}, channels={meta['channels']!r}")
+    try:
+        lrelu_slope = float(meta.get("lrelu_slope", DEFAULT_LRELU_SLOPE))
+    except (ValueError, TypeError):
+        fail(f"malformed metadata: lrelu_slope={meta['lrelu_slope']!r} is not a number")
+    # The slope is a weight of the network (the checksum covers only the tensors): held to the
+    # same plausibility bound.
+    if not math.isfinite(lrelu_slope) or abs(lrelu_slope) > MAX_PLAUSIBLE_WEIGHT:
+        fail(f"lrelu_slope {meta['lrelu_slope']!r} is not a finite number of magnitude <= {MAX_PLAUSIBLE_WEIGHT:g}")
     if scale < 1:
         fail(f"scale must be >= 1, got {scale}")
     if (

@@ -48,7 +48,6 @@ class FusedSR:
                 f"{', '.join(ops.backends())}); rebuild on a machine with a CUDA torch and "
                 "nvcc: pip install --no-build-isolation ."
             )
-        self.device = device
         self.dtype = dtype
         self.clamp = clamp
         self.scale = model.scale
@@ -60,10 +59,18 @@ class FusedSR:
         self.halo = model.num_layers
         self._copy_streams = None  # CUDA (upload, download) streams of start_frames, made on first use
         weights, biases, slopes = model.layer_tensors()
-        # float32 on every path: the CUDA launch packs its fp16/bf16 copy itself.
-        self.weights = [w.to(device=device, dtype=torch.float32).contiguous() for w in weights]
-        self.biases = [b.to(device=device, dtype=torch.float32).contiguous() for b in biases]
-        self.neg_slopes = [s.to(device=device, dtype=torch.float32).contiguous() for s in slopes]
+
+        # float32 on every path (the CUDA launch packs its fp16/bf16 copy itself), and always a
+        # copy: a PlainSR trained or edited later must not change the deployed engine.
+        def snapshot(t: torch.Tensor) -> torch.Tensor:
+            return t.detach().to(device=device, dtype=torch.float32, memory_format=torch.contiguous_format, copy=True)
+
+        self.weights = [snapshot(w) for w in weights]
+        self.biases = [snapshot(b) for b in biases]
+        self.neg_slopes = [snapshot(s) for s in slopes]
+        # Where the weights actually are: "cuda" means the current device, and tensors there
+        # report it with its index (cuda:0), so that is what inputs are compared with.
+        self.device = self.weights[0].device
 
     @classmethod
     def load(cls, source, device="cpu", dtype: torch.dtype = torch.float32, clamp: bool = False,
@@ -319,8 +326,8 @@ class FusedSR:
             if tile is None:
                 free, _ = torch.cuda.mem_get_info(x.device)
                 tile = cuda_image_tile(height, width, self._bytes_per_pixel(x.element_size()) * x.shape[0], free // 2)
-        if tile is None or (height <= tile and width <= tile):
-            return run(x)
+        if tile is None or (height <= tile and width <= tile) or height == 0 or width == 0:
+            return run(x)  # (an empty image has no tiles; the op makes its empty output)
         overhead = ((tile + 8 * self.halo) / tile) ** 2
         if overhead > 4:
             warnings.warn(

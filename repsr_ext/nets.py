@@ -8,6 +8,7 @@ the PlainSR that ``formats.py`` saves and the fused engine runs.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Sequence
 
@@ -76,6 +77,14 @@ def _check_scale(scale: int) -> int:
     return scale
 
 
+def _check_lrelu_slope(slope) -> float:
+    """The leaky ReLU's negative slope as a float: a real, finite number (NaN or Inf would turn
+    every negative activation into NaN / Inf)."""
+    if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not math.isfinite(slope):
+        raise ValueError(f"lrelu_slope must be a finite number, got {slope!r}")
+    return float(slope)
+
+
 def _residual(x: torch.Tensor, scale: int) -> torch.Tensor:
     return x if scale == 1 else F.interpolate(x, scale_factor=scale, mode="nearest")
 
@@ -109,9 +118,9 @@ class RepSRNet(nn.Module):
         super().__init__()
         _check_scale(scale)
         for name, value in (("channels", channels), ("in_channels", in_channels), ("out_channels", out_channels)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(num_blocks, int) or num_blocks < 0:
+        if not isinstance(num_blocks, int) or isinstance(num_blocks, bool) or num_blocks < 0:
             raise ValueError(f"num_blocks must be a non-negative integer, got {num_blocks!r}")
         if act not in ACTIVATIONS:
             raise ValueError(f"unknown activation {act!r}: expected one of {ACTIVATIONS}")
@@ -127,7 +136,7 @@ class RepSRNet(nn.Module):
         self.block_type = block
         self.act_type = act
         self.residual = residual
-        self.lrelu_slope = lrelu_slope
+        self.lrelu_slope = lrelu_slope = _check_lrelu_slope(lrelu_slope)
         self.block_options = dict(block_options)
         # Channels at every layer boundary: [in, C, ..., C, out * scale^2].
         self.channels = widths
@@ -249,7 +258,7 @@ class PlainSR(nn.Module):
         self.scale = scale
         self.act_type = act
         self.residual = residual
-        self.lrelu_slope = float(lrelu_slope)
+        self.lrelu_slope = lrelu_slope = _check_lrelu_slope(lrelu_slope)
         self.block_type = block_type
 
         self.convs = nn.ModuleList()
