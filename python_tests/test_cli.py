@@ -250,7 +250,7 @@ def test_bit_depth_quality_and_compare_with_alpha(capsys, tiny_model, tmp_path):
     compare = Image.open(tmp_path / "logo_x2_compare.png")
     assert compare.mode == "RGBA" and compare.width == 2 * 24
     code, _, err = run(capsys, "upscale", source, "-o", tmp_path / "x.jpg", "--model", tiny_model, "--bit-depth", "16")
-    assert code == 1 and "8 bits per channel" in err
+    assert code == 2 and "8 bits per channel" in err  # a usage error, found before the model loads
     code, _, err = run(capsys, "upscale", source, "-o", tmp_path / "q.jpg", "--model", tiny_model, "--quality", "50")
     assert code == 0 and "alpha channel dropped" in err
     assert run(capsys, "upscale", source, "-o", tmp_path / "z.jpg", "--quality", "101")[0] == 2
@@ -333,3 +333,119 @@ def test_broken_pipe_is_quiet():
     err = err.decode()
     assert process.returncode == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err and "Exception ignored" not in err, err
+
+
+# --- the demo, folders, dtype, --debug, eval --csv (QA pass) ---------------------------------------
+
+
+def _needs_demo_photo():
+    from repsr_ext.data import embedded_images
+
+    try:
+        embedded_images("val")
+    except Exception as e:  # scikit-image's photographs missing
+        pytest.skip(f"no held-out photograph: {e}")
+
+
+def test_demo_checks_its_outputs_as_file_mode_does(capsys, tiny_model, tmp_path, monkeypatch):
+    """Demo mode used to overwrite existing files without --overwrite."""
+    _needs_demo_photo()
+    monkeypatch.chdir(tmp_path)
+    demo = ["upscale", "--model", tiny_model]
+    precious = tmp_path / "precious.png"
+    precious.write_bytes(b"the user's file")
+    code, _, err = run(capsys, *demo, "-o", precious)
+    assert code == 2 and "already exist" in err and precious.read_bytes() == b"the user's file"
+    code, out, _ = run(capsys, *demo, "-o", precious, "--skip-existing")
+    assert code == 0 and "kept" in out and precious.read_bytes() == b"the user's file"
+    compare = tmp_path / f"repsr_demo_x{SCALE}_compare.png"
+    compare.write_bytes(b"an earlier compare")
+    code, _, err = run(capsys, *demo, "--compare")
+    assert code == 2 and "_compare.png already exist" in err and compare.read_bytes() == b"an earlier compare"
+    assert not (tmp_path / f"repsr_demo_x{SCALE}.png").exists()
+    assert run(capsys, *demo, "--compare", "--overwrite")[0] == 0
+    assert Image.open(compare).width == 2 * 512 * SCALE
+    # -o folder/: made, and the demo's name inside it
+    code, _, _ = run(capsys, *demo, "-o", "new/folder/")
+    assert code == 0 and Image.open(tmp_path / "new" / "folder" / f"repsr_demo_x{SCALE}.png").size == (1024, 1024)
+    # usage errors before the work, and --bit-depth as in file mode
+    for argv, why in ((["-o", "demo.xyz"], "not an image format"), (["-o", "demo.jpg", "--bit-depth", "16"], "8 bits"),
+                      (["-o", "demo.ico"], "at most 256x256")):
+        code, _, err = run(capsys, *demo, *argv)
+        assert code == 2 and why in err and not (tmp_path / argv[1]).exists(), argv
+    assert run(capsys, *demo, "-o", "deep.png", "--bit-depth", "16")[0] == 0
+    assert read_image_file(tmp_path / "deep.png").bit_depth == 16
+
+
+def test_compare_of_16bit_grey_is_not_white(capsys, tiny_model, tmp_path):
+    ramp = np.linspace(0, 65535, 30 * 40).reshape(30, 40).astype("<u2")
+    source = tmp_path / "grey16.png"
+    Image.fromarray(ramp).save(source)
+    out = tmp_path / "out.png"
+    assert run(capsys, "upscale", source, "-o", out, "--model", tiny_model, "--compare")[0] == 0
+    compare = np.asarray(Image.open(tmp_path / "out_compare.png").convert("L")).astype(np.float64)
+    width = 40 * SCALE
+    result8 = read_image_file(out).to_bit_depth(8).color[:, :, 0].astype(np.float64)
+    assert abs(compare[16:, width:].mean() - result8.mean()) < 1  # the right half is the result, at 8 bits
+    assert abs(compare[16:, :width].mean() - ramp.mean() / 257) < 3  # the left, its bicubic input
+
+
+def test_output_folder_inside_the_input_folder_is_not_input(capsys, tiny_model, images):
+    out = images / "x2"
+    code, stdout, _ = run(capsys, "upscale", images, "-o", out, "--model", tiny_model)
+    assert code == 0 and "2 written" in stdout
+    code, stdout, _ = run(capsys, "upscale", images, "-o", out, "--model", tiny_model, "--skip-existing")
+    assert code == 0 and "0 written, 0 failed, 2 skipped" in stdout
+    code, _, err = run(capsys, "upscale", images, "-o", out, "--model", tiny_model)
+    assert code == 2 and "already exist" in err and "refusing to overwrite the input" not in err
+    code, stdout, _ = run(capsys, "upscale", f"{images}/**/*.png", "-o", out, "--model", tiny_model, "--skip-existing")
+    assert code == 0 and "2 skipped" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.png"]  # no x2/x2/...
+
+
+def test_hidden_videos_in_folders_are_left_out(capsys, tiny_model, images, tmp_path):
+    (images / "._clip.mp4").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # macOS metadata, not a video
+    (images / ".hidden.mkv").write_bytes(b"")
+    code, stdout, _ = run(capsys, "upscale", images, "-o", tmp_path / "out", "--model", tiny_model)
+    assert code == 0 and "2 written, 0 failed" in stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+
+
+def test_unreadable_gif_or_webp_is_an_image_error(capsys, tiny_model, tmp_path):
+    """Not a usage error about video containers (video.is_video_path takes what PIL cannot open
+    for a video)."""
+    for name, content in (("bad.webp", b"RIFF, not really"), ("empty.gif", b"")):
+        (tmp_path / name).write_bytes(content)
+        code, _, err = run(capsys, "upscale", tmp_path / name, "-o", tmp_path / f"x_{name}", "--model", tiny_model)
+        assert code == 1 and err.startswith("repsr: error: cannot read image") and name in err, err
+
+
+def test_half_precision_with_device_auto_on_a_cpu(capsys, tiny_model, images, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, _, err = run(capsys, "upscale", images / "a.png", "-o", tmp_path / "h.png", "--model", tiny_model,
+                       "--dtype", "float16")
+    assert code == 0 and "runs float32" in err and Image.open(tmp_path / "h.png").size == upscaled_size("a")
+    code, out, err = run(capsys, "eval", "--model", tiny_model, images, "--dtype", "bfloat16")
+    assert code == 0 and "runs float32" in err and "mean (2)" in out
+    # an explicit CPU stays an error (test_more_errors_are_one_line)
+
+
+def test_debug_after_the_command(capsys, tiny_model, tmp_path):
+    argv = ["upscale", tmp_path / "missing.png", "-o", tmp_path / "x.png", "--model", tiny_model]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    for where in ("before", "after"):
+        with pytest.raises(FileNotFoundError):  # --debug: the exception itself, with its traceback
+            main([str(a) for a in (["--debug", *argv] if where == "before" else [*argv, "--debug"])])
+    assert main(["info", "--debug"]) == 0
+
+
+def test_eval_csv_is_checked_before_the_work(capsys, tiny_model, images, tmp_path):
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    # the --csv error comes first, before the (missing) model is even looked for
+    code, _, err = run(capsys, "eval", "--model", tmp_path / "missing.safetensors", images, "--csv", folder)
+    assert code == 2 and "is a folder" in err
+    table = tmp_path / "new" / "dir" / "scores.csv"
+    code, out, _ = run(capsys, "eval", "--model", tiny_model, images, "--csv", table)
+    assert code == 0 and len(list(csv.reader(open(table)))) == 1 + 2 + 1

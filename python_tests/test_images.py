@@ -336,3 +336,214 @@ def test_small_tile_warns_and_still_matches(fused):
     with pytest.warns(UserWarning, match="tile=4 is small"):
         tiled = fused.upscale(rgb, tile=4)
     assert np.array_equal(tiled, fused.upscale(rgb))
+
+
+# --- TIFF metadata, EXIF sizes, colour keys, alpha by format (QA pass) ------------------------------
+
+MAKE, IMAGE_WIDTH, STRIP_OFFSETS, DATE_TIME_ORIGINAL = 0x010F, 256, 273, 0x9003
+
+
+def _camera_exif(orientation=1, **ifd0):
+    """An EXIF block with Make, an Exif sub-IFD (DateTimeOriginal) and the given IFD0 tags."""
+    exif = Image.Exif()
+    exif[MAKE] = "TestCam"
+    exif[images.EXIF_ORIENTATION] = orientation
+    for tag, value in ifd0.items():
+        exif[int(tag)] = value
+    exif.get_ifd(0x8769)[DATE_TIME_ORIGINAL] = "2024:05:06 07:08:09"
+    return exif
+
+
+@pytest.mark.parametrize("kind", ["rgb", "cmyk", "icc+dpi"])
+def test_8bit_tiff_to_tiff_keeps_picture_tags_not_layout(tmp_path, fused, kind):
+    """Every 8-bit TIFF -> TIFF used to fail ("codec configuration error"): the source's own IFD0
+    (compression, strip offsets, ...) travelled as "EXIF" into every output."""
+    rgb = rng_image(40, (10, 12, 3))
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image = Image.fromarray(rgb).convert("CMYK") if kind == "cmyk" else Image.fromarray(rgb)
+    options = dict(icc_profile=icc, dpi=(300, 150)) if kind == "icc+dpi" else {}
+    source = tmp_path / "scan.tif"
+    image.save(source, exif=_camera_exif().tobytes(), **options)
+    for suffix in (".tif", ".png", ".jpg"):
+        target = tmp_path / f"out{suffix}"
+        fused.upscale_file(source, target)
+        with Image.open(target) as out:
+            assert out.size == (12 * SCALE, 10 * SCALE) and out.mode == "RGB", suffix
+            exif = out.getexif()
+            assert exif.get(MAKE) == "TestCam", suffix
+            assert exif.get_ifd(0x8769).get(DATE_TIME_ORIGINAL) == "2024:05:06 07:08:09", suffix
+            if suffix == ".tif":  # the output's own directory: its size, not the source's
+                assert exif[IMAGE_WIDTH] == 12 * SCALE
+            else:
+                assert IMAGE_WIDTH not in exif and STRIP_OFFSETS not in exif, suffix
+            if kind == "icc+dpi":
+                assert out.info.get("icc_profile") == icc, suffix
+                assert tuple(round(float(v)) for v in out.info["dpi"]) == (300 * SCALE, 150 * SCALE), suffix
+    # and the picture itself survived the trip (the JPEG aside)
+    expected = read_image_file(tmp_path / "out.png").color
+    assert np.array_equal(read_image_file(tmp_path / "out.tif").color, expected)
+
+
+def test_16bit_tiff_output_keeps_exif(tmp_path, fused):
+    tifffile = pytest.importorskip("tifffile")
+    source = tmp_path / "phone.jpg"
+    exif = _camera_exif(orientation=6)
+    exif.get_ifd(0x8769).update({0xA002: 16, 0xA003: 10})  # PixelXDimension / PixelYDimension
+    Image.fromarray(rng_image(41, (10, 16, 3))).save(source, exif=exif.tobytes(), dpi=(300, 150))
+    target = tmp_path / "wide.tif"
+    assert fused.upscale_file(source, target, bit_depth=16) == []
+    with tifffile.TiffFile(target) as tif:  # a valid TIFF to another reader, pixels included
+        page = tif.pages[0]
+        assert page.dtype == np.uint16 and page.shape == (16 * SCALE, 10 * SCALE, 3)
+        assert page.tags["Make"].value == "TestCam" and page.tags["Orientation"].value == 1
+        assert page.tags["ExifTag"].value["DateTimeOriginal"] == "2024:05:06 07:08:09"
+        pixels = page.asarray()
+    back = read_image_file(target)
+    assert np.array_equal(back.color, pixels) and back.metadata.dpi == (150 * SCALE, 300 * SCALE)
+    kept = Image.Exif()
+    kept.load(back.metadata.exif)
+    assert kept[MAKE] == "TestCam" and IMAGE_WIDTH not in kept
+    # the sub-IFD's pixel dimensions are the upright output's
+    assert (kept.get_ifd(0x8769)[0xA002], kept.get_ifd(0x8769)[0xA003]) == (10 * SCALE, 16 * SCALE)
+
+
+def test_exif_too_long_for_jpeg_is_dropped_with_a_note(tmp_path, fused):
+    source = tmp_path / "annotated.png"
+    Image.fromarray(rng_image(42, (8, 8, 3))).save(source, exif=_camera_exif(**{"270": "x" * 70_000}).tobytes())
+    notes = fused.upscale_file(source, tmp_path / "out.jpg")
+    assert any("EXIF dropped" in note for note in notes)
+    with Image.open(tmp_path / "out.jpg") as out:
+        assert out.size == (8 * SCALE, 8 * SCALE) and not out.getexif()
+    assert fused.upscale_file(source, tmp_path / "out.png") == []  # PNG holds it
+    with Image.open(tmp_path / "out.png") as out:
+        assert len(out.getexif()[270]) == 70_000
+
+
+def test_16bit_grey_alpha_tiff_round_trip(tmp_path):
+    pytest.importorskip("tifffile")
+    grey, alpha = rng_image(43, (7, 9, 1), np.uint16), rng_image(44, (7, 9), np.uint16)
+    path = tmp_path / "la16.tif"
+    picture = Picture(grey, alpha, images.Metadata(exif=_camera_exif().tobytes(), dpi=(200.0, 100.0)))
+    assert write_image_file(path, picture) == []
+    with pytest.raises(Exception):
+        Image.open(path)  # PIL has no 16-bit grey + alpha mode: the reason for the tifffile path
+    back = read_image_file(path)
+    assert back.bit_depth == 16 and back.grayscale
+    assert np.array_equal(back.color, grey) and np.array_equal(back.alpha, alpha)
+    assert back.metadata.dpi == (200.0, 100.0)
+    kept = Image.Exif()
+    kept.load(back.metadata.exif)
+    assert kept[MAKE] == "TestCam"
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "I;16"])
+def test_colour_key_transparency_becomes_alpha(tmp_path, mode):
+    """PNG tRNS on a grey or RGB image: the pixels of the key colour are transparent."""
+    if mode == "RGB":
+        pixels = rng_image(45, (6, 7, 3)) // 64 * 64  # few colours, so the key occurs
+        key = tuple(int(v) for v in pixels[2, 3])
+        keyed = (pixels == key).all(axis=2)
+        image = Image.fromarray(pixels)
+    else:
+        pixels = rng_image(45, (6, 7)) // 64 * 64
+        if mode == "I;16":
+            pixels = pixels.astype(np.uint16) * 257
+        key = int(pixels[2, 3])
+        keyed = pixels == key
+        image = Image.fromarray(pixels.astype("<u2") if mode == "I;16" else pixels)
+    assert image.mode == mode and 0 < keyed.sum() < keyed.size
+    path = tmp_path / "keyed.png"
+    image.save(path, transparency=key)
+    picture = read_image_file(path)
+    top = 65535 if mode == "I;16" else 255
+    assert picture.alpha is not None and np.array_equal(picture.alpha, np.where(keyed, 0, top))
+    assert np.array_equal(picture.color[:, :, 0] if picture.grayscale else picture.color, pixels)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_dpi_follows_the_orientation_and_exif_resolution_matches(tmp_path, fused, orientation):
+    source = tmp_path / "phone.jpg"
+    exif = _camera_exif(orientation, **{"282": 300, "283": 150, "296": 2})
+    Image.fromarray(rng_image(46, (10, 16, 3))).save(source, exif=exif.tobytes(), dpi=(300, 150))
+    expected = (150 * SCALE, 300 * SCALE) if orientation >= 5 else (300 * SCALE, 150 * SCALE)
+    for suffix in (".jpg", ".tif", ".png"):
+        target = tmp_path / f"out{suffix}"
+        fused.upscale_file(source, target)
+        with Image.open(target) as out:
+            assert tuple(round(float(v)) for v in out.info["dpi"]) == expected, suffix
+            written = out.getexif()
+            assert (float(written[282]), float(written[283])) == expected, suffix  # no stale input value
+
+
+@pytest.mark.parametrize("suffix", [".png", ".apng", ".tif", ".webp", ".gif", ".tga", ".qoi", ".jp2", ".ico", ".avif"])
+@pytest.mark.parametrize("grey", [False, True], ids=["RGBA", "LA"])
+def test_alpha_kept_by_every_format_that_holds_it(tmp_path, suffix, grey):
+    from PIL import features
+
+    if suffix == ".avif" and not features.check("avif"):
+        pytest.skip("this PIL has no AVIF plugin")
+    alpha = np.full((8, 10), 255, np.uint8)
+    alpha[:4, :5] = 0
+    color = rng_image(47, (8, 10, 1 if grey else 3))
+    path = tmp_path / f"logo{suffix}"
+    assert write_image_file(path, Picture(color, alpha)) == []
+    with Image.open(path) as back:
+        assert back.size == (10, 8)
+        read_alpha = np.asarray(back.convert("RGBA"))[:, :, 3]
+    assert (read_alpha[:4, :5] < 128).all() and (read_alpha[4:, 5:] >= 128).all()
+
+
+def test_alpha_dropped_with_a_note_where_the_format_has_none(tmp_path):
+    """BMP, for one, takes RGBA from PIL but reads back RGB: a fixed list of suffixes said it kept alpha."""
+    alpha = np.zeros((4, 4), np.uint8)
+    for suffix in (".bmp", ".jpg"):
+        notes = write_image_file(tmp_path / f"x{suffix}", Picture(rng_image(48, (4, 4, 3)), alpha))
+        assert any("alpha channel dropped" in note for note in notes), suffix
+
+
+def test_ico_is_written_at_its_size_and_refused_over_256(tmp_path, fused):
+    source = tmp_path / "icon.png"
+    Image.fromarray(rng_image(49, (40, 30, 3))).save(source)
+    fused.upscale_file(source, tmp_path / "icon.ico")
+    with Image.open(tmp_path / "icon.ico") as out:
+        assert out.size == (30 * SCALE, 40 * SCALE)  # not shrunk to PIL's square icon sizes
+    Image.fromarray(rng_image(50, (130, 20, 3))).save(source)
+    with pytest.raises(ImageFileError, match="at most 256x256"):
+        fused.upscale_file(source, tmp_path / "big.ico")
+    assert not (tmp_path / "big.ico").exists()
+
+
+def test_numpy_integer_tile_is_accepted(fused):
+    rgb = rng_image(51, (20, 24, 3))
+    untiled = fused.upscale(rgb)
+    assert np.array_equal(fused.upscale(rgb, tile=np.int64(16)), untiled)
+    assert np.array_equal(fused.upscale(rgb, tile=np.uint16(12)), untiled)
+    for bad in (True, np.bool_(True), 16.0, np.float32(16), "16", 0, np.int64(-1)):
+        with pytest.raises(ValueError, match="tile must be a positive integer"):
+            fused.upscale(rgb, tile=bad)
+
+
+def test_upscale_file_checks_its_target(tmp_path, fused, monkeypatch):
+    source = tmp_path / "in.png"
+    Image.fromarray(rng_image(52, (6, 6, 3))).save(source)
+    nested = tmp_path / "new" / "deeper" / "out.png"
+    fused.upscale_file(source, nested)  # missing folders are made
+    assert Image.open(nested).size == (12, 12)
+    # a target it could not write is refused before anything is read or computed
+    for target, why in ((tmp_path / "out.xyz", "not an image format"), (tmp_path / "out", "no file extension")):
+        with pytest.raises(ImageFileError, match=why):
+            fused.upscale_file(tmp_path / "missing.png", target)
+    before = source.read_bytes()
+    with pytest.raises(ImageFileError, match="refusing to overwrite the input"):
+        fused.upscale_file(source, tmp_path / "new" / ".." / "in.png")
+    assert source.read_bytes() == before
+    # a failing write names the target, never the temporary file beside it
+
+    def full_disk(self, fp, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(fp))
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(ImageFileError) as raised:
+        fused.upscale_file(source, tmp_path / "full.png")
+    assert "No space left on device" in str(raised.value) and ".tmp" not in str(raised.value)
+    assert str(tmp_path / "full.png") in str(raised.value)

@@ -22,6 +22,7 @@ import time
 import warnings
 from dataclasses import astuple, dataclass
 from glob import glob
+from itertools import takewhile
 from pathlib import Path
 
 import torch
@@ -121,6 +122,23 @@ def resolve_device(name: str) -> torch.device:
         if note:
             print(f"repsr: note: {note}", file=sys.stderr)
     return device
+
+
+def resolve_dtype(args, device: torch.device) -> torch.dtype:
+    """``--dtype``, except that ``--device auto`` landing on the CPU runs float32 (with a note): the
+    help promises that; an explicit ``--device cpu --dtype float16`` stays an error."""
+    dtype = DTYPES[args.dtype]
+    if args.device == "auto" and device.type == "cpu" and dtype != torch.float32:
+        print(f"repsr: note: --device auto chose the CPU, which runs float32 (--dtype {args.dtype} ignored)",
+              file=sys.stderr)
+        return torch.float32
+    return dtype
+
+
+def fused_for(args, plain: PlainSR) -> FusedSR:
+    """``plain`` on ``--device`` in ``--dtype``."""
+    device = resolve_device(args.device)
+    return FusedSR(plain, device=device, dtype=resolve_dtype(args, device))
 
 
 def plain_from_checkpoint(state: dict) -> PlainSR:
@@ -237,22 +255,39 @@ class UpscaleJob:
     target: Path
 
 
+def is_video_input(path: Path) -> bool:
+    """Whether ``path`` goes through the video path (``video.is_video_path``), except that a .gif /
+    .webp PIL cannot open is an image: its error is then "cannot read image", not a video's."""
+    if path.suffix.lower() in video.ANIMATED_EXTENSIONS and path.is_file():
+        from PIL import Image
+
+        try:
+            with Image.open(path):
+                pass
+        except Exception:  # (video.is_video_path says True here)
+            return False
+    return video.is_video_path(path)
+
+
 def output_name(source: Path) -> Path:
     """The name of ``source``'s output in an output folder: PNG for images (lossless, 16 bits and
     alpha), the same container for videos and animated GIF / WebP."""
-    return Path(source.name) if video.is_video_path(source) else Path(source.name).with_suffix(".png")
+    return Path(source.name) if is_video_input(source) else Path(source.name).with_suffix(".png")
 
 
-def collect_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
+def collect_inputs(patterns: list[str], output: Path | None = None) -> list[tuple[Path, Path]]:
     """``(input path, output path relative to an output folder)`` for each INPUT: a file, a folder
-    (searched recursively, subfolders kept: every extension PIL reads, and video containers) or a
-    glob."""
+    (searched recursively, subfolders kept: every extension PIL reads, and video containers; hidden
+    files left out) or a glob. An ``output`` folder inside a searched folder is left out: it holds
+    earlier results, not inputs."""
     jobs = []
     for pattern in patterns:
         path = Path(pattern)
         if path.is_dir():
-            found = sorted(set(list_images(path)) | {f for f in path.rglob("*")
-                                                      if f.is_file() and f.suffix.lower() in video.VIDEO_EXTENSIONS})
+            skip = _inside_output(path, output)
+            videos = {f for f in path.rglob("*") if f.suffix.lower() in video.VIDEO_EXTENSIONS
+                      and not f.name.startswith(".") and f.is_file()}
+            found = sorted(f for f in set(list_images(path)) | videos if not skip(f))
             jobs += [(f, f.relative_to(path).parent / output_name(f)) for f in found]
         elif path.is_file():
             jobs.append((path, output_name(path)))
@@ -260,12 +295,25 @@ def collect_inputs(patterns: list[str]) -> list[tuple[Path, Path]]:
             matches = sorted(Path(p) for p in glob(pattern, recursive=True) if Path(p).is_file())
             if not matches:
                 raise FileNotFoundError(f"no files match {pattern!r}")
-            jobs += [(match, output_name(match)) for match in matches]
+            root = Path(*takewhile(lambda part: not any(c in part for c in "*?["), path.parts))
+            skip = _inside_output(root, output)
+            jobs += [(match, output_name(match)) for match in matches if not skip(match)]
         else:
             raise FileNotFoundError(f"input not found: {pattern}")
     if not jobs:
         raise FileNotFoundError(f"no image or video files in {' '.join(patterns)}")
     return jobs
+
+
+def _inside_output(root: Path, output: Path | None):
+    """The test for files a search under ``root`` leaves out: those in the ``output`` folder when
+    that lies inside ``root`` (an output folder that is ``root`` itself leaves nothing out)."""
+    if output is None:
+        return lambda f: False
+    out = output.resolve()
+    if root.resolve() not in out.parents:
+        return lambda f: False
+    return lambda f: out in f.resolve().parents
 
 
 def compare_path(output: Path) -> Path:
@@ -295,15 +343,16 @@ def side_by_side(image, upscaled, scale: int):
 def run_upscale(args) -> int:
     from tqdm import tqdm
 
-    if args.inputs:  # arguments are checked before the model is loaded
-        if args.output is None:
-            raise UsageError("upscale needs -o OUTPUT (a file for one input image, else a folder)")
-        jobs = plan_outputs(args.inputs, args.output, args.compare)
-        jobs, skipped = existing_outputs(jobs, args)
-    fused = FusedSR(load_model_for_scale(args.model, args.scale, args.act), device=resolve_device(args.device),
-                    dtype=DTYPES[args.dtype])
     if not args.inputs:
-        return upscale_demo(fused, args)
+        plain = load_model_for_scale(args.model, args.scale, args.act)
+        demo = plan_demo(args, plain.scale)  # the output is checked before the work
+        return upscale_demo(fused_for(args, plain), args, demo) if demo else 0
+    # arguments are checked before the model is loaded
+    if args.output is None:
+        raise UsageError("upscale needs -o OUTPUT (a file for one input image, else a folder)")
+    jobs = plan_outputs(args.inputs, args.output, args.compare, args.bit_depth)
+    jobs, skipped = existing_outputs(jobs, args)
+    fused = fused_for(args, load_model_for_scale(args.model, args.scale, args.act))
     written, failed = 0, []
     progress = tqdm(jobs, unit="image", disable=True if args.no_progress else None)  # no bar unless a terminal
     for job in progress:
@@ -325,7 +374,7 @@ def run_upscale(args) -> int:
 
 def upscale_one(fused: FusedSR, job: UpscaleJob, args) -> None:
     job.target.parent.mkdir(parents=True, exist_ok=True)
-    if video.is_video_path(job.source):
+    if is_video_input(job.source):
         return upscale_one_video(fused, job, args)
     source, result, notes = fused.upscale_file_pictures(
         job.source, job.target, tile=args.tile, bit_depth=args.bit_depth, quality=args.quality,
@@ -333,9 +382,10 @@ def upscale_one(fused: FusedSR, job: UpscaleJob, args) -> None:
     )
     for note in notes:
         print(f"repsr: note: {note}", file=sys.stderr)
-    if args.compare:
+    if args.compare:  # at 8 bits: PIL's RGB conversion of a 16-bit grey (I;16) image clips it to white
+        before, after = source.to_bit_depth(8).to_pil(), result.to_bit_depth(8).to_pil()
         images.write_image_file(compare_path(job.target),
-                                images.Picture.from_pil(side_by_side(source.to_pil(), result.to_pil(), fused.scale)))
+                                images.Picture.from_pil(side_by_side(before, after, fused.scale)))
 
 
 def upscale_one_video(fused: FusedSR, job: UpscaleJob, args) -> None:
@@ -360,23 +410,22 @@ def upscale_one_video(fused: FusedSR, job: UpscaleJob, args) -> None:
                                 images.Picture.from_pil(side_by_side(before, after, fused.scale)))
 
 
-def plan_outputs(inputs: list[str], output: str, compare: bool) -> list[UpscaleJob]:
+def plan_outputs(inputs: list[str], output: str, compare: bool, bit_depth: int | None = None) -> list[UpscaleJob]:
     """The input images and where each goes: ``output`` itself for one input file (unless it is a
     folder: existing, ending in '/', or without an extension), else a PNG under the folder
     ``output``, which is created."""
-    jobs = collect_inputs(inputs)
     target = Path(output)
+    jobs = collect_inputs(inputs, target)
     as_folder = target.is_dir() or output.endswith(("/", os.sep)) or not target.suffix
     if len(inputs) == 1 and Path(inputs[0]).is_file() and not as_folder:
-        if video.is_video_path(jobs[0][0]):
+        if is_video_input(jobs[0][0]):
             if target.suffix.lower() not in video.VIDEO_EXTENSIONS + video.ANIMATED_EXTENSIONS:
                 raise UsageError(f"output {target}: a video needs a video container "
                                  f"({', '.join(video.VIDEO_EXTENSIONS + video.ANIMATED_EXTENSIONS)})")
         elif target.suffix.lower() in video.VIDEO_EXTENSIONS:
             raise UsageError(f"output {target} is a video container but {jobs[0][0]} is a still image")
-        elif target.suffix.lower() not in images.writable_extensions():
-            raise UsageError(f"output {target}: {target.suffix} is not an image format this PIL writes; "
-                             "use .png, .jpg, .webp, .tif, ... or a folder")
+        else:
+            check_image_target(target, bit_depth)
         planned = [UpscaleJob(jobs[0][0], target)]
     else:
         if target.exists() and not target.is_dir():
@@ -384,6 +433,17 @@ def plan_outputs(inputs: list[str], output: str, compare: bool) -> list[UpscaleJ
         planned = [UpscaleJob(source, target / relative) for source, relative in jobs]
     check_targets(planned, compare)
     return planned
+
+
+def check_image_target(target: Path, bit_depth: int | None) -> None:
+    """Refuses an image output whose extension no writer takes, or that cannot hold ``--bit-depth``."""
+    suffix = target.suffix.lower()
+    if suffix not in images.writable_extensions():
+        raise UsageError(f"output {target}: {target.suffix} is not an image format this PIL writes; "
+                         "use .png, .jpg, .webp, .tif, ... or a folder")
+    if bit_depth == 16 and suffix not in images.SIXTEEN_BIT_SUFFIXES:
+        raise UsageError(f"output {target}: {suffix} files hold 8 bits per channel; --bit-depth 16 needs "
+                         f"{' or '.join(images.SIXTEEN_BIT_SUFFIXES)}")
 
 
 def check_targets(jobs: list[UpscaleJob], compare: bool) -> None:
@@ -417,20 +477,54 @@ def existing_outputs(jobs: list[UpscaleJob], args) -> tuple[list[UpscaleJob], li
                      "or --skip-existing to keep them and do the rest")
 
 
-def upscale_demo(fused: FusedSR, args) -> int:
+@dataclass
+class DemoJob:
+    target: Path
+    name: str  # of the photograph
+    photo: object  # H x W x 3 uint8 numpy array
+
+
+def plan_demo(args, scale: int) -> DemoJob | None:
+    """Where the demo (no INPUT) goes, checked as file mode checks its output: ``-o`` (a file, or a
+    folder, made if missing, that gets the default name), else ``repsr_demo_x<scale>.png`` here. An
+    existing output needs --overwrite; None when --skip-existing keeps it."""
+    name, photo = embedded_images("val")[0]  # a held-out photograph that ships with scikit-image
+    default = f"repsr_demo_x{scale}.png"
+    target = Path(args.output or default)
+    if args.output and (target.is_dir() or args.output.endswith(("/", os.sep)) or not target.suffix):
+        if target.exists() and not target.is_dir():
+            raise UsageError(f"output {target} is a file, not a folder")
+        target = target / default
+    if target.suffix.lower() in video.VIDEO_EXTENSIONS:
+        raise UsageError(f"output {target} is a video container; the demo is a still image")
+    check_image_target(target, args.bit_depth)
+    try:
+        images.check_output(target, (photo.shape[1] * scale, photo.shape[0] * scale))
+    except ImageFileError as e:
+        raise UsageError(str(e)) from None
+    jobs, skipped = existing_outputs([UpscaleJob(Path(default), target)], args)
+    if skipped:
+        print(f"kept {target}: it exists (--skip-existing)")
+        return None
+    return DemoJob(target, name, photo)
+
+
+def upscale_demo(fused: FusedSR, args, demo: DemoJob) -> int:
     """No INPUT: upscale a held-out photograph that ships with scikit-image (never trained on)."""
     from PIL import Image
 
-    name, photo = embedded_images("val")[0]
-    image = Image.fromarray(photo)
-    output = Path(args.output or f"repsr_demo_x{fused.scale}.png")
-    upscaled = fused.upscale(image, tile=args.tile)
-    images.write_image_file(output, images.Picture.from_pil(upscaled), quality=args.quality)
-    print(f"wrote {output}: the held-out photograph {name!r} "
-          f"({image.width}x{image.height} -> {upscaled.width}x{upscaled.height})")
+    result = fused.upscale_picture(images.Picture(demo.photo), tile=args.tile)
+    demo.target.parent.mkdir(parents=True, exist_ok=True)
+    notes = images.write_image_file(demo.target, result.to_bit_depth(args.bit_depth or 8), quality=args.quality)
+    for note in notes:
+        print(f"repsr: note: {note}", file=sys.stderr)
+    height, width = demo.photo.shape[:2]
+    print(f"wrote {demo.target}: the held-out photograph {demo.name!r} "
+          f"({width}x{height} -> {result.size[0]}x{result.size[1]})")
     if args.compare:
-        images.write_image_file(compare_path(output), images.Picture.from_pil(side_by_side(image, upscaled, fused.scale)))
-        print(f"wrote {compare_path(output)}: bicubic | RepSR")
+        compare = side_by_side(Image.fromarray(demo.photo), result.to_pil(), fused.scale)
+        images.write_image_file(compare_path(demo.target), images.Picture.from_pil(compare))
+        print(f"wrote {compare_path(demo.target)}: bicubic | RepSR")
     return 0
 
 
@@ -457,8 +551,12 @@ def evaluate(fused: FusedSR, hr_image) -> Scores:
 
 
 def run_eval(args) -> int:
-    plain = load_model_for_scale(args.model, args.scale, args.act)
-    fused = FusedSR(plain, device=resolve_device(args.device), dtype=DTYPES[args.dtype])
+    if args.csv:  # checked (and its folder made) before the work, as upscale does with -o
+        table = Path(args.csv)
+        if table.is_dir() or args.csv.endswith(("/", os.sep)):
+            raise UsageError(f"--csv {args.csv} is a folder; give a file name such as {table / 'scores.csv'}")
+        table.parent.mkdir(parents=True, exist_ok=True)
+    fused = fused_for(args, load_model_for_scale(args.model, args.scale, args.act))
     scale = fused.scale
     header = ["image", "size", "bicubic PSNR", "bicubic SSIM", "RepSR PSNR", "RepSR SSIM", "gain dB"]
     rows, results = [], []
@@ -686,7 +784,26 @@ def build_parser() -> argparse.ArgumentParser:
     # The paper's claims at a small scale; the actions (run, summarize, measure) live in experiment.py.
     p = command("experiment", "Reproduce RepSR's claims at a small scale: a resumable grid of training arms x seeds.")
     experiment.add_arguments(p)
+    _accept_debug_after_commands(parser)
     return parser
+
+
+def _accept_debug_after_commands(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` after the command too (``repsr upscale x.png -o y.png --debug``). Not given
+    there, it leaves the top level's value (default SUPPRESS: argparse copies only what is set)."""
+    seen = set()
+
+    def visit(p):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    if id(sub) not in seen:
+                        seen.add(id(sub))
+                        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                         help="show tracebacks instead of one-line errors")
+                        visit(sub)
+
+    visit(parser)
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -730,8 +847,10 @@ def main(argv: list[str] | None = None) -> int:
             if not args.debug:
                 warnings.showwarning = _one_line_warning
             if args.command == "train":
-                # Global options are flags, so the first "train" is the command and the rest is train's.
-                return train.main(argv[argv.index("train") + 1:], prog="repsr train")
+                # Global options are flags, so the first "train" is the command and the rest is train's
+                # (but --debug, which is the CLI's).
+                rest = [a for a in argv[argv.index("train") + 1:] if a != "--debug"]
+                return train.main(rest, prog="repsr train")
             return args.run(args)
     except KeyboardInterrupt:
         print("repsr: interrupted", file=sys.stderr)

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import operator
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -157,11 +158,16 @@ class FusedSR:
     def upscale_file_pictures(self, source, target, tile=None, bit_depth=None, quality=None,
                               max_pixels=images.DEFAULT_MAX_PIXELS):
         """``upscale_file`` that also returns the decoded input and the result: (input, output, notes)."""
-        target = Path(target)
+        source, target = Path(source), Path(target)
+        images.output_format(target)  # checked before the work: a target it could not write
+        if target.resolve() == source.resolve():
+            raise images.ImageFileError(f"refusing to overwrite the input {source}: choose another output path")
         picture = images.read_image_file(source, max_pixels=max_pixels)
-        bits, note = images.output_bit_depth(bit_depth, picture, target)  # checked before the work
+        bits, note = images.output_bit_depth(bit_depth, picture, target)
+        images.check_output(target, (picture.size[0] * self.scale, picture.size[1] * self.scale))
         result = self.upscale_picture(picture, tile).to_bit_depth(bits)
         result.metadata = images.scaled_metadata(picture.metadata, self.scale)
+        target.parent.mkdir(parents=True, exist_ok=True)
         notes = ([note] if note else []) + images.write_image_file(target, result, quality=quality)
         return picture, result, notes
 
@@ -316,8 +322,14 @@ class FusedSR:
         """``run`` over tiles of ``x``. ``image``: the caller takes the result to the CPU anyway, so
         on CUDA the output is assembled there and a tile is chosen when the whole image would not
         fit in the GPU's free memory (``cuda_image_tile``)."""
-        if tile is not None and (not isinstance(tile, int) or isinstance(tile, bool) or tile < 1):
-            raise ValueError(f"tile must be a positive integer or None, got {tile!r}")
+        if tile is not None:
+            given = tile
+            try:  # any integral type (numpy's too), but not bool or float
+                tile = 0 if isinstance(tile, (bool, np.bool_)) else operator.index(tile)
+            except TypeError:
+                tile = 0
+            if tile < 1:
+                raise ValueError(f"tile must be a positive integer or None, got {given!r}")
         dy, dx = spatial_dims
         height, width = x.shape[dy], x.shape[dx]
         out_device = x.device
