@@ -72,6 +72,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
 def image_size(text: str) -> tuple[int, int]:
     """``"180x320"`` -> ``(180, 320)`` (height x width)."""
     parts = text.lower().split("x")
@@ -373,9 +383,9 @@ def run_upscale(args) -> int:
 
 
 def upscale_one(fused: FusedSR, job: UpscaleJob, args) -> None:
-    job.target.parent.mkdir(parents=True, exist_ok=True)
-    if is_video_input(job.source):
+    if is_video_input(job.source):  # makes its folders itself, and removes them if it fails
         return upscale_one_video(fused, job, args)
+    job.target.parent.mkdir(parents=True, exist_ok=True)
     source, result, notes = fused.upscale_file_pictures(
         job.source, job.target, tile=args.tile, bit_depth=args.bit_depth, quality=args.quality,
         max_pixels=args.max_pixels,
@@ -403,8 +413,10 @@ def upscale_one_video(fused: FusedSR, job: UpscaleJob, args) -> None:
     print(f"{job.target}: {report.frames} frames {report.size[0]}x{report.size[1]} {report.codec} {report.pix_fmt}"
           f"{audio if report.audio_copied or report.audio_reencoded else ''}, {report.fps:.1f} frames/s", file=sys.stderr)
     if args.compare:
-        if report.compare is None:
-            raise ValueError(f"{job.source}: --compare-frame {args.compare_frame} is past its {report.frames} frames")
+        if report.compare is None:  # a clip that did not declare its length (else refused up front)
+            print(f"repsr: warning: {job.source}: --compare-frame {args.compare_frame} is past its "
+                  f"{report.frames} frames: the video is written, no compare still", file=sys.stderr)
+            return
         before, after = (Image.fromarray(frame) for frame in report.compare)
         images.write_image_file(compare_path(job.target),
                                 images.Picture.from_pil(side_by_side(before, after, fused.scale)))
@@ -744,15 +756,15 @@ def build_parser() -> argparse.ArgumentParser:
     v = p.add_argument_group("video (.mp4 .mkv .mov .webm .avi, animated .gif/.webp; needs PyAV: pip install av)")
     v.add_argument("--codec", default=None, metavar="NAME",
                    help=f"video encoder (default: {video.DEFAULT_CODEC}; .webm: libvpx-vp9; also libx265, "
-                        "libsvtav1, ffv1 (lossless), ...)")
+                        "libsvtav1, ffv1 (lossless), ...; h264, hevc, vp9, av1 name those)")
     v.add_argument("--crf", type=int, default=None, metavar="Q",
-                   help=f"constant quality of x264/x265/VP9/AV1, lower is better (default: {video.DEFAULT_CRF})")
+                   help=f"constant quality, lower is better: x264/x265 0-51, VP9/AV1 0-63 (default: {video.DEFAULT_CRF})")
     v.add_argument("--preset", default=None, metavar="NAME",
-                   help="encoder speed preset: x264/x265 ultrafast ... veryslow (default: medium), SVT-AV1 0-13")
+                   help="encoder speed preset: x264/x265 ultrafast ... placebo (default: medium), SVT-AV1 -1 to 13")
     v.add_argument("--pix-fmt", default=None, metavar="FMT",
                    help="encoded pixel format (default: yuv420p; yuv444p for odd sizes)")
     v.add_argument("--batch", type=positive_int, default=4, metavar="N", help="frames per call of the net (default: 4)")
-    v.add_argument("--compare-frame", type=int, default=0, metavar="N",
+    v.add_argument("--compare-frame", type=non_negative_int, default=0, metavar="N",
                    help="with --compare: the frame of the bicubic | RepSR still (default: 0)")
     p.set_defaults(run=run_upscale)
 

@@ -27,6 +27,9 @@ never overwritten; an existing target needs ``overwrite=True``.
 from __future__ import annotations
 
 import collections
+import contextlib
+import heapq
+import numbers
 import os
 import queue
 import threading
@@ -52,8 +55,21 @@ _CRF_OPTIONS = {
     "libvpx-vp9": lambda q: {"crf": str(q), "b": "0"},
     "libsvtav1": lambda q: {"crf": str(q)},
 }
+# Its constant-quality range (the encoder's own limits, checked before any work).
+_CRF_RANGES = {"libx264": (0, 51), "libx265": (0, 51), "libvpx-vp9": (0, 63), "libsvtav1": (0, 63)}
+# Speed presets: x264/x265 by name, SVT-AV1 by number (the range its FFmpeg wrapper takes).
+_X26X_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                 "placebo")
+_SVTAV1_PRESETS = range(-1, 14)
+# The names FFmpeg users know, for the encoders tuned above (so that the default CRF applies to them).
+_CODEC_ALIASES = {"h264": "libx264", "hevc": "libx265", "h265": "libx265", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
 # Codecs a container extension implies when the user names none.
 _DEFAULT_CODECS = {".webm": "libvpx-vp9"}
+# Encoders that take only full-range YUV (JPEG's): "Non full-range YUV is non-standard" otherwise.
+_FULL_RANGE_CODECS = {"mjpeg"}
+# Audio codecs a container lists in ``supported_codecs`` but refuses when the header is written:
+# FFmpeg's MOV muxer takes Opus and FLAC only in MP4 mode ("opus only supported in MP4"). Re-encoded.
+_REFUSED_AUDIO = {".mov": {"opus", "flac"}}
 
 _STOP = object()  # end of a queue
 
@@ -119,18 +135,22 @@ class _Probe:
     height: int
     frames: int  # 0 when the container does not say
     rate: Fraction | None
+    slot_rate: Fraction | None  # the rate at which every frame time falls on a slot (FFmpeg's guess)
     time_base: Fraction
     sample_aspect_ratio: Fraction | None
     rotation: int
     colour: dict
-    duration: float | None  # seconds, of the video stream (or the container) where declared
+    rgb: bool  # the decoded frames are RGB (their matrix tag, if any, is RGB's)
+    duration: float | None  # seconds: the video stream's own, where the file declares it
     audio: list  # input audio stream indices
     dropped: list[str]
+    dts_timing: bool  # AVI: the file holds decode times only, one per frame slot
 
 
 def _open_input(av, source: Path):
     try:
-        container = av.open(str(source), "r")
+        with _ffmpeg_reasons(av):  # opening probes with one thread: safe to keep the reason
+            container = av.open(str(source), "r")
     except av.FFmpegError as e:
         raise VideoError(f"{source}: cannot open as video: {_ffmpeg_message(e)}") from None
     if not container.streams.video:
@@ -140,8 +160,45 @@ def _open_input(av, source: Path):
 
 
 def _ffmpeg_message(e) -> str:
-    text = getattr(e, "strerror", None) or str(e)
-    return " ".join(str(text).split())
+    """FFmpeg's error on one line: its code's text, and the message FFmpeg logged with it where PyAV
+    kept one (``e.log``: level, component, message), which says why ("opus only supported in MP4")."""
+    text = " ".join(str(getattr(e, "strerror", None) or e).split())
+    log = getattr(e, "log", None)
+    if log and len(log) >= 3 and str(log[2]).strip():
+        reason = " ".join(str(log[2]).split()).rstrip(".")
+        where = f"{log[1]}: " if log[1] else ""
+        text = f"{text} ({where}{reason})"
+    return text
+
+
+_reasons_lock = threading.Lock()
+_reasons_users = 0
+
+
+@contextlib.contextmanager
+def _ffmpeg_reasons(av):
+    """PyAV keeps FFmpeg's error message on its exceptions only while its logging is on, and it is off
+    by default. Around a call that runs in one thread (an open, the header write), this turns on
+    the lowest level: FFmpeg's errors are recorded for the exceptions, nothing is printed. Not
+    around decoding and encoding: with logging on, FFmpeg's worker threads need the GIL to log,
+    which can deadlock a close. A level the caller set is left alone."""
+    global _reasons_users
+    with _reasons_lock:
+        if _reasons_users == 0 and av.logging.get_level() is not None:
+            owned = False
+        else:
+            owned = True
+            _reasons_users += 1
+            if _reasons_users == 1:
+                av.logging.set_level(av.logging.PANIC)
+    try:
+        yield
+    finally:
+        if owned:
+            with _reasons_lock:
+                _reasons_users -= 1
+                if _reasons_users == 0:
+                    av.logging.set_level(None)
 
 
 def _probe(av, source: Path) -> _Probe:
@@ -150,30 +207,53 @@ def _probe(av, source: Path) -> _Probe:
     with _open_input(av, source) as container:
         stream = container.streams.video[0]
         ctx = stream.codec_context
-        rotation, colour = 0, {}
+        rotation, colour, rgb = 0, {}, False
         try:
             for frame in container.decode(stream):
                 rotation = int(frame.rotation or 0)
                 colour = {name: getattr(frame, name) for name in ("color_range", "colorspace", "color_primaries", "color_trc")}
+                rgb = bool(frame.format.is_rgb) or colour.get("colorspace") == _RGB_MATRIX
                 break
             else:
                 raise VideoError(f"{source}: the video stream has no frames")
         except av.FFmpegError as e:
             raise VideoError(f"{source}: cannot decode: {_ffmpeg_message(e)}") from None
+        # The video's own duration, for the truncation check: the container's is the longest
+        # stream's (audio or subtitles may run past the video), so only when the video is alone.
         duration = None
         if stream.duration is not None and stream.time_base is not None:
             duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1e6
+        else:
+            duration = _tagged_duration(stream.metadata)
+            if duration is None and container.duration is not None and len(container.streams) == 1:
+                duration = container.duration / 1e6
         dropped = [f"{s.type} stream {s.index} ({s.codec_context.name if s.codec_context else '?'})"
                    for s in container.streams if s.type not in ("video", "audio")]
         dropped += [f"video stream {s.index}" for s in container.streams.video[1:]]
         sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
         return _Probe(
             width=ctx.width, height=ctx.height, frames=int(stream.frames or 0),
-            rate=stream.average_rate or stream.guessed_rate, time_base=stream.time_base or Fraction(1, 90000),
-            sample_aspect_ratio=Fraction(sar) if sar else None, rotation=rotation, colour=colour,
-            duration=duration, audio=[s.index for s in container.streams.audio], dropped=dropped)
+            rate=stream.average_rate or stream.guessed_rate, slot_rate=stream.guessed_rate,
+            time_base=stream.time_base or Fraction(1, 90000),
+            sample_aspect_ratio=Fraction(sar) if sar else None, rotation=rotation, colour=colour, rgb=rgb,
+            duration=duration, audio=[s.index for s in container.streams.audio], dropped=dropped,
+            dts_timing=container.format.name == "avi")
+
+
+_RGB_MATRIX = 0  # AVCOL_SPC_RGB: the "matrix" tag of RGB (GBR) data
+
+
+def _tagged_duration(metadata) -> float | None:
+    """A Matroska track's own duration: its writers (FFmpeg, mkvmerge) tag each track with it, as
+    DURATION (or DURATION-<language>) = HH:MM:SS.nnnnnnnnn, since Matroska has no per-track field."""
+    for key, value in (metadata or {}).items():
+        if key.upper() == "DURATION" or key.upper().startswith("DURATION-"):
+            try:
+                hours, minutes, seconds = str(value).strip().split(":")
+                return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+            except ValueError:
+                return None
+    return None
 
 
 def _pick_pix_fmt(av, codec: str, pix_fmt: str | None, width: int, height: int, notes: list[str]) -> str:
@@ -220,11 +300,15 @@ def upscale_video(fused, source, target, *, codec: str | None = None, crf: int |
     deployed network ``fused`` (a ``FusedSR``); see the module docstring for what is kept.
 
     ``codec``: the video encoder (default libx264; .webm: libvpx-vp9; .gif: gif; .webp:
-    libwebp_anim); ``crf``: its constant-quality setting where it has one (default 18; lower is
-    better); ``pix_fmt``: the encoded pixel format (default yuv420p, yuv444p for odd sizes);
-    ``batch``: frames per call of the net; ``tile``: as for images; ``progress``: a tqdm bar (None:
-    only on a terminal); ``compare_frame``: also return that frame before and after; ``preset``:
-    the encoder's speed preset (x264/x265: ultrafast ... veryslow, default medium; SVT-AV1: 0-13)."""
+    libwebp_anim; h264, hevc/h265, vp9, av1 name libx264, libx265, libvpx-vp9, libsvtav1); ``crf``:
+    its constant-quality setting where it has one (default 18; lower is better; x264/x265 0-51,
+    VP9/AV1 0-63); ``pix_fmt``: the encoded pixel format (default yuv420p, yuv444p for odd sizes;
+    mjpeg: full range); ``batch``: frames per call of the net; ``tile``: as for images;
+    ``progress``: a tqdm bar (None: only on a terminal); ``compare_frame``: also return that frame
+    before and after (refused up front where the file declares fewer frames; otherwise a note and no
+    compare); ``preset``: the encoder's speed preset (x264/x265: ultrafast ... placebo, default
+    medium; SVT-AV1: -1 to 13). Arguments are checked before any work (ValueError). AVI output:
+    no B-frames and a time base of one frame slot (AVI stores decode times only), no rotation."""
     source, target = Path(source), Path(target)
     if not source.is_file():
         raise FileNotFoundError(f"input not found: {source}")
@@ -234,6 +318,9 @@ def upscale_video(fused, source, target, *, codec: str | None = None, crf: int |
         raise FileExistsError(f"{target} already exists: pass overwrite=True (--overwrite) to replace it")
     if not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if compare_frame is not None and (isinstance(compare_frame, bool) or not isinstance(compare_frame, numbers.Integral)
+                                      or compare_frame < 0):
+        raise ValueError(f"compare_frame must be a frame index (0 or more), got {compare_frame!r}")
     if fused.in_channels not in (1, 3) or fused.out_channels != fused.in_channels:
         raise ValueError(f"video needs a model with 1 or 3 channels in and out, this one has "
                          f"{fused.in_channels} in and {fused.out_channels} out")
@@ -248,37 +335,116 @@ def upscale_video(fused, source, target, *, codec: str | None = None, crf: int |
         raise VideoError(f"output {target}: {target.suffix or 'no extension'} is not a video container this writes; "
                          f"use one of {', '.join(VIDEO_EXTENSIONS + ANIMATED_EXTENSIONS)}")
     av = require_av()
-    codec = codec or _DEFAULT_CODECS.get(suffix, DEFAULT_CODEC)
-    if codec not in av.codecs_available:
-        raise VideoError(f"video encoder {codec!r} is not in this PyAV build")
+    codec, options = _encoder_options(av, codec or _DEFAULT_CODECS.get(suffix, DEFAULT_CODEC), crf, preset, pix_fmt)
     notes: list[str] = []
     probe = _probe(av, source)
+    if compare_frame is not None and probe.frames and compare_frame >= probe.frames:
+        raise ValueError(f"{source}: compare frame {compare_frame} is past its {probe.frames} frames "
+                         f"(0 to {probe.frames - 1})")
     out_w, out_h = probe.width * fused.scale, probe.height * fused.scale
     pix_fmt = _pick_pix_fmt(av, codec, pix_fmt, out_w, out_h, notes)
+    colour = _output_colour(av, probe, codec, pix_fmt)
+    notes += [f"dropped {what}: only video and audio are kept" for what in probe.dropped]
+    if probe.rotation and suffix == ".avi":
+        notes.append(f"rotation {probe.rotation} degrees not kept: AVI has no rotation metadata")
+
+    created = _make_folders(target.parent)
+    partial = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
+    run = _Run(av, fused, source, partial, probe, codec, pix_fmt, options, batch, tile, queue_size,
+               compare_frame, notes, progress, target=target, colour=colour)
+    try:
+        run.execute()
+        os.replace(partial, target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        _remove_folders(created)
+        raise
+    if compare_frame is not None and run.compare is None:  # the count was not declared: known only now
+        notes.append(f"no compare still: compare frame {compare_frame} is past the {run.frames_written} frames")
+    return VideoReport(target=target, frames=run.frames_written, seconds=run.seconds, size=(out_w, out_h),
+                       codec=codec, pix_fmt=pix_fmt, audio_copied=run.audio_copied,
+                       audio_reencoded=run.audio_reencoded, notes=notes, compare=run.compare)
+
+
+def _encoder_options(av, codec: str, crf, preset, pix_fmt) -> tuple[str, dict]:
+    """The video encoder's name and options; every argument checked here, before any work."""
+    codec = _CODEC_ALIASES.get(codec, codec)
+    if codec not in av.codecs_available:
+        raise VideoError(f"video encoder {codec!r} is not in this PyAV build")
+    try:
+        kind = av.codec.Codec(codec, "w").type
+    except Exception:  # a decoder only (UnknownCodecError for "w")
+        raise ValueError(f"{codec!r} is not an encoder in this PyAV build") from None
+    if kind != "video":
+        raise ValueError(f"{codec!r} is an {kind} encoder, not a video encoder: choose one with --codec, "
+                         f"e.g. libx264, libx265, libvpx-vp9, libsvtav1, ffv1")
     options = {}
     if crf is not None or codec in _CRF_OPTIONS:
         if codec not in _CRF_OPTIONS:
             raise VideoError(f"crf applies to {', '.join(_CRF_OPTIONS)}; {codec} has no constant-quality option here")
-        options = _CRF_OPTIONS[codec](DEFAULT_CRF if crf is None else crf)
+        if crf is not None:
+            low, high = _CRF_RANGES[codec]
+            if isinstance(crf, bool) or not isinstance(crf, numbers.Integral) or not low <= crf <= high:
+                raise ValueError(f"crf for {codec} must be an integer from {low} to {high}, got {crf!r}")
+        options = _CRF_OPTIONS[codec](DEFAULT_CRF if crf is None else int(crf))
     if preset is not None:
-        if codec not in ("libx264", "libx265", "libsvtav1"):
-            raise VideoError(f"preset applies to libx264, libx265 and libsvtav1, not {codec}")
+        if codec in ("libx264", "libx265"):
+            if preset not in _X26X_PRESETS:
+                raise ValueError(f"preset for {codec} must be one of {', '.join(_X26X_PRESETS)}, got {preset!r}")
+        elif codec == "libsvtav1":
+            try:
+                number = int(str(preset).strip()) if not isinstance(preset, (bool, float)) else None
+            except ValueError:
+                number = None
+            if number not in _SVTAV1_PRESETS:
+                raise ValueError(f"preset for libsvtav1 must be an integer from {_SVTAV1_PRESETS[0]} to "
+                                 f"{_SVTAV1_PRESETS[-1]}, got {preset!r}")
+            preset = number
+        else:
+            raise ValueError(f"preset applies to libx264, libx265 and libsvtav1, not {codec}")
         options["preset"] = str(preset)
-    notes += [f"dropped {what}: only video and audio are kept" for what in probe.dropped]
+    if pix_fmt is not None:
+        formats = [f.name for f in (av.codec.Codec(codec, "w").video_formats or [])]
+        if formats and pix_fmt not in formats:
+            raise VideoError(f"encoder {codec} does not take pixel format {pix_fmt}; it takes {', '.join(formats)}")
+    return codec, options
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
-    run = _Run(av, fused, source, partial, probe, codec, pix_fmt, options, batch, tile, queue_size,
-               compare_frame, notes, progress)
-    try:
-        run.execute()
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, target)
-    return VideoReport(target=target, frames=run.frames_written, seconds=run.seconds, size=(out_w, out_h),
-                       codec=codec, pix_fmt=pix_fmt, audio_copied=run.audio_copied,
-                       audio_reencoded=run.audio_reencoded, notes=notes, compare=run.compare)
+
+def _output_colour(av, probe: _Probe, codec: str, pix_fmt: str) -> dict:
+    """The colour description the output gets (and is converted to). Primaries and transfer say
+    what the colours are and always go over; the matrix and the range say how this file's YUV
+    encodes RGB, so they go over only between two YUV (or two RGB) formats: an RGB input's matrix
+    tag (RGB) on a YUV output would make players read its YUV as GBR. JPEG encoders want full range."""
+    colour = dict(probe.colour)
+    if probe.rgb != bool(av.VideoFormat(pix_fmt).is_rgb):
+        colour["colorspace"] = colour["color_range"] = None
+    if codec in _FULL_RANGE_CODECS or pix_fmt.startswith("yuvj"):
+        colour["color_range"] = _FULL_RANGE
+    return colour
+
+
+_FULL_RANGE = 2  # AVCOL_RANGE_JPEG
+_MJPEG_QUALITY = 3  # JPEG quantizer scale, 2 (best) ... 31
+_QP2LAMBDA = 118  # FF_QP2LAMBDA: FFmpeg's global_quality is in lambda units
+
+
+def _make_folders(folder: Path) -> list[Path]:
+    """Creates ``folder`` and its missing parents; returns those it created, deepest first."""
+    created, missing = [], folder
+    while not missing.exists() and missing != missing.parent:
+        created.append(missing)
+        missing = missing.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _remove_folders(created: list[Path]) -> None:
+    """Undoes ``_make_folders`` after a failed run: removes the folders it made, where still empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something else wrote there) or already gone
+            return
 
 
 def _upscale_animation(fused, source: Path, target: Path, tile, progress, compare_frame) -> VideoReport:
@@ -292,7 +458,8 @@ def _upscale_animation(fused, source: Path, target: Path, tile, progress, compar
     start = time.perf_counter()
     try:
         with Image.open(source) as im:
-            loop = im.info.get("loop", 0)
+            # No loop count (a GIF without the NETSCAPE block) plays once; 0 loops forever.
+            loop = im.info.get("loop")
             originals, durations, end = [], [], 0
             for frame in ImageSequence.Iterator(im):
                 originals.append(frame.convert("RGBA" if _has_alpha(frame) else "RGB"))
@@ -304,21 +471,32 @@ def _upscale_animation(fused, source: Path, target: Path, tile, progress, compar
                 durations.append(100 if duration is None else duration)
     except (OSError, ValueError, SyntaxError) as e:
         raise VideoError(f"{source}: cannot read as an animation: {' '.join(str(e).split())}") from None
+    if compare_frame is not None and compare_frame >= len(originals):
+        raise ValueError(f"{source}: compare frame {compare_frame} is past its {len(originals)} frames "
+                         f"(0 to {len(originals) - 1})")
     frames = []
     for frame in tqdm(originals, unit="frame", disable=True if progress is False else None, leave=False):
         frames.append(fused.upscale(frame, tile=tile))
+    gif = target.suffix.lower() == ".gif"
+    extra = {"disposal": 2} if gif else {"lossless": True}
+    # "Plays once" is no count in a GIF, a count of 1 in a WebP (which always has one).
+    plays_once = loop is None or (source.suffix.lower() == ".webp" and loop == 1)
+    if not gif:
+        extra["loop"] = 1 if plays_once else loop
+    elif not plays_once:
+        extra["loop"] = loop
     partial = target.with_name(f".{target.stem}.partial-{os.getpid()}{target.suffix}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    extra = {"disposal": 2} if target.suffix.lower() == ".gif" else {"lossless": True}
+    created = _make_folders(target.parent)
     try:
-        frames[0].save(partial, format="GIF" if target.suffix.lower() == ".gif" else "WEBP", save_all=True,
-                       append_images=frames[1:], duration=durations, loop=loop, **extra)
+        frames[0].save(partial, format="GIF" if gif else "WEBP", save_all=True,
+                       append_images=frames[1:], duration=durations, **extra)
         os.replace(partial, target)
     except BaseException:
         partial.unlink(missing_ok=True)
+        _remove_folders(created)
         raise
     compare = None
-    if compare_frame is not None and 0 <= compare_frame < len(frames):
+    if compare_frame is not None:
         compare = (np.asarray(originals[compare_frame].convert("RGB")), np.asarray(frames[compare_frame].convert("RGB")))
     width, height = frames[0].size
     return VideoReport(target=target, frames=len(frames), seconds=time.perf_counter() - start, size=(width, height),
@@ -333,8 +511,10 @@ class _Run:
     """One upscale_video run: the three stages and what they share."""
 
     def __init__(self, av, fused, source, partial, probe, codec, pix_fmt, options, batch, tile, queue_size,
-                 compare_frame, notes, progress):
+                 compare_frame, notes, progress, target=None, colour=None):
         self.av, self.fused, self.source, self.partial, self.probe = av, fused, source, partial, probe
+        self.target = target or partial
+        self.colour = probe.colour if colour is None else colour  # the output's (``_output_colour``)
         self.codec, self.pix_fmt, self.options = codec, pix_fmt, options
         self.batch, self.tile, self.compare_frame, self.notes = batch, tile, compare_frame, notes
         self.progress = progress
@@ -347,6 +527,7 @@ class _Run:
         self.seconds = 0.0
         self.compare = None
         self.last_end = 0.0  # seconds: end of the last decoded frame
+        self.slots_read = 0  # AVI: frame slots up to the last frame read (an empty slot is a dropped frame)
 
     # --- the calling thread: the net ---------------------------------------------------------------
     def execute(self):
@@ -354,8 +535,11 @@ class _Run:
 
         av = self.av
         self.input = _open_input(av, self.source)
+        # AVI places audio by its sample count, not its timestamps: shifting every stream to make a
+        # negative audio start (AAC's priming) zero would only leave an empty first video slot.
+        options = {"avoid_negative_ts": "disabled"} if self.partial.suffix.lower() == ".avi" else {}
         try:
-            self.output = av.open(str(self.partial), "w")
+            self.output = av.open(str(self.partial), "w", options=options)
         except av.FFmpegError as e:
             self.input.close()
             raise VideoError(f"{self.partial}: cannot create: {_ffmpeg_message(e)}") from None
@@ -395,8 +579,10 @@ class _Run:
             if self.last_end < declared - max(0.5, 3 * frame_s):
                 raise VideoError(f"{self.source}: the video ends at {self.last_end:.2f} s but the file declares "
                                  f"{declared:.2f} s: truncated or corrupt")
-        if self.probe.frames and self.frames_read < self.probe.frames:
-            raise VideoError(f"{self.source}: {self.frames_read} of the {self.probe.frames} frames it declares "
+        # AVI declares its frame slots, empty ones (dropped frames: a variable rate) included.
+        read = max(self.frames_read, self.slots_read) if self.probe.dts_timing else self.frames_read
+        if self.probe.frames and read < self.probe.frames:
+            raise VideoError(f"{self.source}: {read} of the {self.probe.frames} frames it declares "
                              "could be decoded: truncated or corrupt")
 
     def _guarded(self, stage):
@@ -463,8 +649,12 @@ class _Run:
         streams = [stream] + [self.input.streams[i] for i in self.probe.audio]
         tb = self.probe.time_base
         colour = self.probe.colour
-        index = 0
         frame_ticks = 1 / (float(self.probe.rate or 25) * float(tb))  # one frame, in time-base units
+        step = max(1, round(frame_ticks))
+        # AVI keeps one decode time per frame slot and no presentation times (FFmpeg guesses them,
+        # scrambled by B-frames): the frames, out in display order, take the slots in order.
+        slots = [] if self.probe.dts_timing else None
+        last = None
         for packet in self.input.demux(streams):
             if self.stop.is_set():
                 return
@@ -472,16 +662,21 @@ class _Run:
                 if packet.dts is not None and not _put(self.decoded, ("a", packet), self.stop):
                     return
                 continue
+            if slots is not None and packet.dts is not None and packet.size:
+                heapq.heappush(slots, packet.dts)
+                self.slots_read = max(self.slots_read, packet.dts + 1)
             for frame in packet.decode():
-                pts = frame.pts
-                if pts is None:  # no timestamp from the container: place it by the frame rate
-                    pts = round(index * frame_ticks)
+                pts = heapq.heappop(slots) if slots else frame.pts
+                # The encoder and the muxer need strictly increasing times: a missing or repeated
+                # (or backwards) one goes one frame after the previous.
+                if pts is None or (last is not None and pts <= last):
+                    pts = 0 if last is None else last + step
+                last = pts
                 rgb = frame.to_ndarray(format="rgb24", src_colorspace=colour.get("colorspace"),
                                        src_color_range=colour.get("color_range"))
                 duration = frame.duration or frame_ticks
                 self.last_end = max(self.last_end, float((pts + duration) * tb))
                 self.frames_read += 1
-                index += 1
                 if not _put(self.decoded, ("v", rgb, pts), self.stop):
                     return
         _put(self.decoded, _STOP, self.stop)
@@ -490,28 +685,52 @@ class _Run:
     def _setup_output(self):
         av, probe, fused = self.av, self.probe, self.fused
         out_w, out_h = probe.width * fused.scale, probe.height * fused.scale
+        avi = self.output.format.name == "avi"
         rate = probe.rate if probe.rate else Fraction(25)
-        self.video_out = self.output.add_stream(self.codec, rate=rate, options=self.options)
+        if avi and probe.slot_rate:  # one slot per frame time: a variable rate keeps its gaps
+            rate = Fraction(probe.slot_rate)
+        try:
+            self.video_out = self.output.add_stream(self.codec, rate=rate, options=self.options)
+        except ValueError as e:  # PyAV: "'webm' format does not support 'libx264' codec"
+            raise ValueError(f"{self.target}: {e}: choose another codec or container") from None
         ctx = self.video_out.codec_context
         ctx.width, ctx.height, ctx.pix_fmt = out_w, out_h, self.pix_fmt
-        ctx.time_base = probe.time_base  # the input's timestamps go through unchanged
-        self.video_out.time_base = probe.time_base
+        # The input's timestamps go through unchanged, except into AVI: it has one frame slot per
+        # 1/rate (given a finer time base, it pads with empty slots and claims that rate) and
+        # stores decode times only, so B-frames (their decode order) would scramble the frames' times.
+        self.out_time_base = Fraction(1) / rate if avi else probe.time_base
+        self.pts_scale = probe.time_base / self.out_time_base if avi else None
+        self.last_pts, self.moved = None, 0
+        if avi:
+            ctx.max_b_frames = 0
+        if self.codec == "mjpeg":  # constant quality (ffmpeg's -q:v): its rate control starves frame after frame
+            ctx.qscale, ctx.global_quality = True, _MJPEG_QUALITY * _QP2LAMBDA
+        ctx.time_base = self.out_time_base
+        self.video_out.time_base = self.out_time_base
         if probe.sample_aspect_ratio:
             ctx.sample_aspect_ratio = probe.sample_aspect_ratio
-        for name, value in probe.colour.items():
+            # Matroska / WebM read it from the AVStream, which PyAV does not let us set (MP4, MOV
+            # and AVI take the encoder's); H.264 / H.265 also carry it in their bitstream, which
+            # every player reads. Other codecs there lose it: said, not hidden.
+            if (self.output.format.name in ("matroska", "webm") and probe.sample_aspect_ratio != 1
+                    and self.codec not in ("libx264", "libx265")):
+                self.notes.append(f"sample aspect ratio {probe.sample_aspect_ratio} not kept: {self.target.suffix} "
+                                  f"with {self.codec} cannot record it here (use .mp4 / .mov, or libx264 / libx265)")
+        for name, value in self.colour.items():
             if value is not None and hasattr(ctx, name):
                 try:
                     setattr(ctx, name, value)
                 except (ValueError, TypeError, AttributeError):
                     pass
-        if probe.rotation:
+        if probe.rotation and not avi:
             self.video_out.set_display_rotation(probe.rotation)
         self.audio_out = {}
         supported = self.output.supported_codecs
+        refused = _REFUSED_AUDIO.get(self.target.suffix.lower(), ())
         for index in probe.audio:
             stream = self.input.streams[index]
             name = stream.codec_context.name
-            if name in supported:
+            if name in supported and name not in refused:
                 self.audio_out[index] = ("copy", self.output.add_stream_from_template(stream))
                 self.audio_copied += 1
             else:
@@ -528,10 +747,32 @@ class _Run:
                 self.audio_reencoded += 1
                 self.notes.append(f"audio stream {index} ({name}) re-encoded as {codec}: "
                                   f"{self.partial.suffix} cannot hold {name}")
+        # Open the encoders and write the header now, in this one thread, where FFmpeg's reason for
+        # a refusal (a pixel format, a codec in this container) can be kept for the error.
+        try:
+            with _ffmpeg_reasons(av):
+                self.output.start_encoding()
+        except av.FFmpegError as e:
+            raise VideoError(f"{self.target}: cannot start writing {self.codec} {self.pix_fmt}: "
+                             f"{_ffmpeg_message(e)}") from None
+
+    def _out_pts(self, pts: int) -> int:
+        """A frame's timestamp in the output's time base (AVI: its frame slot, the next free one
+        where two frames fall into one)."""
+        if self.pts_scale is None:
+            return pts
+        exact = pts * self.pts_scale
+        out = round(exact)
+        if self.last_pts is not None and out <= self.last_pts:
+            out = self.last_pts + 1
+        if abs(out - exact) * self.out_time_base > Fraction(1, 1000):
+            self.moved += 1
+        self.last_pts = out
+        return out
 
     def _write(self):
         av = self.av
-        colour = self.probe.colour
+        colour = self.colour
         while True:
             item = _get(self.upscaled, self.stop)
             if item is _STOP:
@@ -543,8 +784,8 @@ class _Run:
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                 frame = frame.reformat(format=self.pix_fmt, dst_colorspace=colour.get("colorspace"),
                                        dst_color_range=colour.get("color_range"))
-                frame.pts = pts
-                frame.time_base = self.probe.time_base
+                frame.pts = self._out_pts(pts)
+                frame.time_base = self.out_time_base
                 for packet in self.video_out.encode(frame):
                     self.output.mux(packet)
                 self.frames_written += 1
@@ -557,6 +798,9 @@ class _Run:
             if kind == "encode":
                 for packet in out.encode():
                     self.output.mux(packet)
+        if self.moved:
+            self.notes.append(f"{self.moved} frame times moved to AVI's frame slots: AVI holds one frame rate "
+                              f"({float(1 / self.out_time_base):g} frames/s)")
 
     def _write_audio(self, packet):
         kind, out = self.audio_out[packet.stream.index]
