@@ -5,7 +5,7 @@
 // the emulator sees each access of each lane: bounds, initialization, races, bank conflicts and
 // sectors. Under nvcc they are the plain dereferences they look like.
 //
-// Predicated forms (ld_global_if, st_global_if, st_shared_if) are for accesses that only some lanes
+// Predicated forms (ld_global_if, ld_shared_if, st_global_if, st_shared_if) are for accesses that only some lanes
 // of a warp make: the GPU runs them as one instruction with a predicate, and the emulator groups
 // them the same way (a plain `if (c) st_global(...)` makes its lanes' later requests misalign in
 // the emulator's counters, though its checks stay exact).
@@ -29,6 +29,12 @@ namespace cuda {
 template <typename T>
 inline T ld_shared(const T* p, const char* file = __builtin_FILE(), int line = __builtin_LINE()) {
   return ::repsr_emu::load(::repsr_emu::Access::kSharedLoad, p, true, T{}, file, line);
+}
+// *p when pred, else `otherwise` (p is not touched).
+template <typename T>
+inline T ld_shared_if(bool pred, const T* p, T otherwise, const char* file = __builtin_FILE(),
+                      int line = __builtin_LINE()) {
+  return ::repsr_emu::load(::repsr_emu::Access::kSharedLoad, p, pred, otherwise, file, line);
 }
 template <typename T>
 inline void st_shared(T* p, const T& v, const char* file = __builtin_FILE(),
@@ -71,6 +77,10 @@ namespace cuda {
 template <typename T>
 __device__ __forceinline__ T ld_shared(const T* p) {
   return *p;
+}
+template <typename T>
+__device__ __forceinline__ T ld_shared_if(bool pred, const T* p, T otherwise) {
+  return pred ? *p : otherwise;
 }
 template <typename T>
 __device__ __forceinline__ void st_shared(T* p, const T& v) {

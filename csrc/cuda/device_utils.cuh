@@ -1,5 +1,6 @@
-// Device helpers shared by the segment kernels: image element loads/stores for every dtype, the
-// tail's per-pixel epilogue, and the tensor-core primitives (ldmatrix, mma.sync m16n8k16).
+// Device helpers shared by the segment kernels: image element loads and output element bits for
+// every dtype, the tail's epilogue (staging and row writer), and the tensor-core primitives
+// (ldmatrix, mma.sync m16n8k16).
 // torch builds pass -D__CUDA_NO_HALF_CONVERSIONS__ etc., so every conversion here is explicit.
 // Memory goes through device_api.cuh's accessors (the CPU emulator checks each access).
 #pragma once
@@ -41,26 +42,26 @@ __device__ __forceinline__ float load_image_if(bool pred, const ImageRef& im, in
   return 0.0f;
 }
 
-// Writes v (already clamped where the op asks for it) to element `off` of `im` when `pred`; uint8
-// output is clamped to [0, 1], scaled by 255 and rounded half-to-even.
-__device__ __forceinline__ void store_image_if(bool pred, const ImageRef& im, int64_t off, float v) {
-  switch (im.dtype) {
+// The bits of v as an element of `dtype` (zero-extended): uint8 is v clamped to [0, 1], scaled by
+// 255 and rounded half-to-even (the CPU chain's rounding).
+__device__ __forceinline__ uint32_t output_bits(DType dtype, float v) {
+  switch (dtype) {
     case DType::kFloat32:
-      st_global_if(pred, static_cast<float*>(im.data) + off, v);
-      break;
-    case DType::kFloat16:
-      st_global_if(pred, static_cast<__half*>(im.data) + off, __float2half_rn(v));
-      break;
-    case DType::kBFloat16:
-      st_global_if(pred, static_cast<__nv_bfloat16*>(im.data) + off, __float2bfloat16_rn(v));
-      break;
+      return *reinterpret_cast<const uint32_t*>(&v);
+    case DType::kFloat16: {
+      const __half h = __float2half_rn(v);
+      return *reinterpret_cast<const uint16_t*>(&h);
+    }
+    case DType::kBFloat16: {
+      const __nv_bfloat16 h = __float2bfloat16_rn(v);
+      return *reinterpret_cast<const uint16_t*>(&h);
+    }
     case DType::kUInt8: {
       const float clamped = fminf(fmaxf(v, 0.0f), 1.0f);  // NaN -> 0
-      st_global_if(pred, static_cast<uint8_t*>(im.data) + off,
-                   static_cast<uint8_t>(__float2int_rn(clamped * 255.0f)));
-      break;
+      return static_cast<uint32_t>(__float2int_rn(clamped * 255.0f));
     }
   }
+  return 0;
 }
 
 // ---- The tail epilogue (tiling.cuh, "Tail staging") ------------------------------------------------
@@ -90,27 +91,13 @@ __device__ __forceinline__ void tail_stage_if(bool pred, const SegmentParams& p,
   if (p.residual) v += load_image_if(pred, p.image, n, s.c, y, x);
   if (p.clamp) v = fminf(fmaxf(v, 0.0f), 1.0f);
   const int off = pred ? tail_stage_offset(t.layout, p.scale, t.elem, co, py, px) : 0;
-  switch (p.out.dtype) {
-    case DType::kFloat32:
-      st_shared_if(pred, reinterpret_cast<float*>(t.stage + off), v);
-      break;
-    case DType::kFloat16: {
-      const __half h = __float2half_rn(v);
-      st_shared_if(pred, reinterpret_cast<uint16_t*>(t.stage + off), *reinterpret_cast<const uint16_t*>(&h));
-      break;
-    }
-    case DType::kBFloat16: {
-      const __nv_bfloat16 h = __float2bfloat16_rn(v);
-      st_shared_if(pred, reinterpret_cast<uint16_t*>(t.stage + off), *reinterpret_cast<const uint16_t*>(&h));
-      break;
-    }
-    case DType::kUInt8: {
-      const float clamped = fminf(fmaxf(v, 0.0f), 1.0f);  // NaN -> 0; round half to even
-      st_shared_if(pred, reinterpret_cast<uint8_t*>(t.stage + off),
-                   static_cast<uint8_t>(__float2int_rn(clamped * 255.0f)));
-      break;
-    }
-  }
+  const uint32_t bits = output_bits(p.out.dtype, v);
+  if (t.elem == 1)
+    st_shared_if(pred, reinterpret_cast<uint8_t*>(t.stage + off), static_cast<uint8_t>(bits));
+  else if (t.elem == 2)
+    st_shared_if(pred, reinterpret_cast<uint16_t*>(t.stage + off), static_cast<uint16_t>(bits));
+  else
+    st_shared_if(pred, reinterpret_cast<uint32_t*>(t.stage + off), bits);
 }
 
 // Element i, in memory order, of a tile's output of `rows` x (row_len / out_c or row_len)
@@ -130,35 +117,120 @@ __device__ __forceinline__ void output_element(int i, int row_len, int rows, int
   }
 }
 
-// The staged tile (in-image part) to the output in the output's memory order: output rows of one
-// channel (NCHW), or of all channels interleaved (NHWC / channels_last); consecutive threads take
-// consecutive elements, which are consecutive in memory.
-template <typename E>
-__device__ void write_tail_rows(const SegmentParams& p, const TailTarget& t, const TileCoord& tile) {
-  const int r = p.scale;
-  const int rows = static_cast<int>(imin64(p.grid.th, p.height - tile.y0)) * r;  // per channel
+// The rows of a tail tile's output (its in-image part) in the output's memory order: rows of one
+// channel (NCHW), or of all channels interleaved (NHWC / channels_last).
+struct TailRows {
+  int rows = 0;       // output rows per channel
+  int row_len = 0;    // elements per row
+  int row_count = 0;  // rows in memory order
+  bool interleaved = false;
+  // 16-byte chunks: a row's elements contiguous and every row of the tile 16-byte aligned.
+  bool chunked = false;
+};
+
+__device__ __forceinline__ TailRows tail_rows(const SegmentParams& p, const TileCoord& tile, int elem) {
+  const ImageRef& o = p.out;
+  const int r = p.scale, out_c = static_cast<int>(o.c);
+  TailRows t;
+  t.rows = static_cast<int>(imin64(p.grid.th, p.height - tile.y0)) * r;
   const int cols = static_cast<int>(imin64(p.grid.tw, p.width - tile.x0)) * r;
-  const bool interleaved = is_channels_last(p.out);
-  const int row_len = interleaved ? cols * t.out_c : cols;
-  const int row_count = interleaved ? rows : rows * t.out_c;
-  const int64_t oy0 = tile.y0 * r, ox0 = tile.x0 * r;
-  E* out = static_cast<E*>(p.out.data);
-  for (int i = threadIdx.x; i < row_count * row_len; i += kThreads) {
-    int c, oy, ox;
-    output_element(i, row_len, rows, t.out_c, interleaved, &c, &oy, &ox);
-    const char* src = t.stage + c * t.layout.channel_pitch + oy * t.layout.pitch + ox * static_cast<int>(sizeof(E));
-    st_global(out + image_offset(p.out, tile.n, c, oy0 + oy, ox0 + ox), ld_shared(reinterpret_cast<const E*>(src)));
+  t.interleaved = is_channels_last(o);
+  t.row_len = t.interleaved ? cols * out_c : cols;
+  t.row_count = t.interleaved ? t.rows : t.rows * out_c;
+  const bool contiguous = t.interleaved ? o.stride_c == 1 && o.stride_w == o.c : o.stride_w == 1;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(o.data) +
+                          static_cast<uintptr_t>(image_offset(o, tile.n, 0, tile.y0 * r, tile.x0 * r) * elem);
+  t.chunked = contiguous && first % 16 == 0 && (o.stride_h * elem) % 16 == 0 &&
+              (t.interleaved || o.c == 1 || (o.stride_c * elem) % 16 == 0);
+  return t;
+}
+
+// 16 bytes of consecutive output elements from element (c, oy, ox) of the tile on, each from
+// `element_at(pred, c, oy, ox)` (its bits, zero-extended), packed little-endian as memory holds them.
+template <typename E, typename ElementAt>
+__device__ __forceinline__ uint4 gather_chunk(bool pred, const TailRows& t, int out_c, int c, int oy, int ox,
+                                              const ElementAt& element_at) {
+  constexpr int kPer = 16 / static_cast<int>(sizeof(E)), kPerWord = 4 / static_cast<int>(sizeof(E));
+  uint32_t w[4] = {0, 0, 0, 0};
+#pragma unroll
+  for (int q = 0; q < kPer; ++q) {
+    w[q / kPerWord] |= element_at(pred, c, oy, ox) << (8 * static_cast<int>(sizeof(E)) * (q % kPerWord));
+    if (!t.interleaved)
+      ++ox;
+    else if (++c == out_c)
+      c = 0, ++ox;
   }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// The tail tile's output rows to global memory, the elements' bits from `element_at(pred, c, oy,
+// ox)` and 16-byte chunks from `chunk_at(pred, c, oy, ox)`. Chunked (t.chunked): each thread stores
+// one 16-byte chunk of a row with one vector store (a warp: 512 bytes, 16 whole sectors); a row's
+// chunks are padded to a multiple of 8 threads, so a quarter warp (one phase of 16-byte shared
+// loads) stays inside one row; a row's partial last chunk goes element by element. Otherwise one
+// element per thread, consecutive threads on consecutive elements (whole sectors too).
+template <typename E, typename ElementAt, typename ChunkAt>
+__device__ void write_tail_rows(const SegmentParams& p, const TileCoord& tile, const TailRows& t,
+                                const ElementAt& element_at, const ChunkAt& chunk_at) {
+  const int out_c = static_cast<int>(p.out.c);
+  const int64_t oy0 = tile.y0 * p.scale, ox0 = tile.x0 * p.scale;
+  E* const out = static_cast<E*>(p.out.data);
+  if (!t.chunked) {
+    for (int i = threadIdx.x; i < t.row_count * t.row_len; i += kThreads) {
+      int c, oy, ox;
+      output_element(i, t.row_len, t.rows, out_c, t.interleaved, &c, &oy, &ox);
+      st_global(out + image_offset(p.out, tile.n, c, oy0 + oy, ox0 + ox), static_cast<E>(element_at(true, c, oy, ox)));
+    }
+    return;
+  }
+  constexpr int kPer = 16 / static_cast<int>(sizeof(E));
+  const int chunks = static_cast<int>(ceil_div(t.row_len, kPer));
+  const int slots = static_cast<int>(round_up(chunks, 8));
+  for (int i = threadIdx.x; i < t.row_count * slots; i += kThreads) {
+    const int row = i / slots, k = i - row * slots;
+    const int e0 = imin(k, chunks - 1) * kPer;  // idle slots: their row's last chunk, not accessed
+    const int count = k < chunks ? imin(kPer, t.row_len - e0) : 0;
+    const bool full = count == kPer;
+    int c, oy, ox;
+    output_element(row * t.row_len + e0, t.row_len, t.rows, out_c, t.interleaved, &c, &oy, &ox);
+    st_global_if(full, reinterpret_cast<uint4*>(out + image_offset(p.out, tile.n, c, oy0 + oy, ox0 + ox)),
+                 chunk_at(full, c, oy, ox));
+    for (int q = full ? count : 0; q < count; ++q) {  // the row's partial last chunk
+      output_element(row * t.row_len + e0 + q, t.row_len, t.rows, out_c, t.interleaved, &c, &oy, &ox);
+      st_global(out + image_offset(p.out, tile.n, c, oy0 + oy, ox0 + ox), static_cast<E>(element_at(true, c, oy, ox)));
+    }
+  }
+}
+
+// The staged tile to the output. The staging's rows are 16-byte aligned for 1- and 2-byte elements
+// (tail_stage's pitches), so an NCHW chunk is one 16-byte shared load (half the wavefronts of
+// element loads). Interleaved (NHWC) output stays one element per thread: a thread's 16 bytes span
+// 16 / elem / out_c pixels of every channel block, so a warp's gather reads ~43 words per channel
+// and every chunk width (4, 8, 16 bytes) doubles the staging's read wavefronts (csrc/cuda/README.md).
+template <typename E>
+__device__ void write_tail_staged(const SegmentParams& p, const TailTarget& t, const TileCoord& tile) {
+  TailRows rows = tail_rows(p, tile, static_cast<int>(sizeof(E)));
+  rows.chunked = rows.chunked && !rows.interleaved && t.layout.pitch % 16 == 0 && t.layout.channel_pitch % 16 == 0;
+  const auto staged = [&](int c, int oy, int ox) {
+    return t.stage + c * t.layout.channel_pitch + oy * t.layout.pitch + ox * static_cast<int>(sizeof(E));
+  };
+  const auto element_at = [&](bool pred, int c, int oy, int ox) -> uint32_t {
+    return ld_shared_if(pred, reinterpret_cast<const E*>(staged(c, oy, ox)), E{0});
+  };
+  const auto chunk_at = [&](bool pred, int c, int oy, int ox) -> uint4 {
+    return ld_shared_if(pred, reinterpret_cast<const uint4*>(staged(c, oy, ox)), make_uint4(0, 0, 0, 0));
+  };
+  write_tail_rows<E>(p, tile, rows, element_at, chunk_at);
 }
 
 __device__ __forceinline__ void write_tail_stage(const SegmentParams& p, const TailTarget& t,
                                                  const TileCoord& tile) {
   if (t.elem == 1)
-    write_tail_rows<uint8_t>(p, t, tile);
+    write_tail_staged<uint8_t>(p, t, tile);
   else if (t.elem == 2)
-    write_tail_rows<uint16_t>(p, t, tile);
+    write_tail_staged<uint16_t>(p, t, tile);
   else
-    write_tail_rows<uint32_t>(p, t, tile);
+    write_tail_staged<uint32_t>(p, t, tile);
 }
 
 // The slope array is padded to the allocated channels, so every lane may load it: no divergence.

@@ -47,26 +47,35 @@ __device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl
 
 // The tail plane (tail channels x the tile, bias added; layout f32_plane_layout(k, k, .., scale))
 // to the output in the output's memory order: pixel shuffle, residual, clamp and conversion per
-// element, consecutive threads writing consecutive elements (whole sectors).
-__device__ void f32_write_tail(const SegmentParams& p, const TileCoord& tile, const F32PlaneLayout& l,
-                               const float* plane) {
-  const int r = p.scale, th = p.grid.th, tw = p.grid.tw;
-  const int rows = static_cast<int>(imin64(th, p.height - tile.y0)) * r;
-  const int cols = static_cast<int>(imin64(tw, p.width - tile.x0)) * r;
-  const int out_c = static_cast<int>(p.out.c);
-  const bool interleaved = is_channels_last(p.out);
-  const int row_len = interleaved ? cols * out_c : cols;
-  const int row_count = interleaved ? rows : rows * out_c;
-  for (int i = threadIdx.x; i < row_count * row_len; i += kThreads) {
-    int c, oy, ox;
-    output_element(i, row_len, rows, out_c, interleaved, &c, &oy, &ox);
+// element, 16-byte chunks per thread where the output's rows allow it (write_tail_rows).
+template <typename E>
+__device__ void f32_write_tail_as(const SegmentParams& p, const TileCoord& tile, const F32PlaneLayout& l,
+                                  const float* plane) {
+  const int r = p.scale, out_c = static_cast<int>(p.out.c);
+  const TailRows rows = tail_rows(p, tile, static_cast<int>(sizeof(E)));
+  const auto element_at = [&](bool pred, int c, int oy, int ox) -> uint32_t {
     const int y = oy / r, x = ox / r;
     const int co = (c * r + (oy - y * r)) * r + (ox - x * r);
-    float v = ld_shared(plane + co * l.channel_stride + y * l.pitch + x);
-    if (p.residual) v += load_image_if(true, p.image, tile.n, c, tile.y0 + y, tile.x0 + x);
+    float v = ld_shared_if(pred, plane + co * l.channel_stride + y * l.pitch + x, 0.0f);
+    if (p.residual) v += load_image_if(pred, p.image, tile.n, c, tile.y0 + y, tile.x0 + x);
     if (p.clamp) v = fminf(fmaxf(v, 0.0f), 1.0f);
-    store_image_if(true, p.out, image_offset(p.out, tile.n, c, tile.y0 * r + oy, tile.x0 * r + ox), v);
-  }
+    return output_bits(p.out.dtype, v);
+  };
+  const auto chunk_at = [&](bool pred, int c, int oy, int ox) {
+    return gather_chunk<E>(pred, rows, out_c, c, oy, ox, element_at);
+  };
+  write_tail_rows<E>(p, tile, rows, element_at, chunk_at);
+}
+
+__device__ void f32_write_tail(const SegmentParams& p, const TileCoord& tile, const F32PlaneLayout& l,
+                               const float* plane) {
+  const int elem = dtype_bytes(p.out.dtype);
+  if (elem == 1)
+    f32_write_tail_as<uint8_t>(p, tile, l, plane);
+  else if (elem == 2)
+    f32_write_tail_as<uint16_t>(p, tile, l, plane);
+  else
+    f32_write_tail_as<uint32_t>(p, tile, l, plane);
 }
 
 // Layer j of the segment: one 3x3 conv + bias + activation from plane j (`in`) to plane j + 1

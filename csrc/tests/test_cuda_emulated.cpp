@@ -79,10 +79,11 @@ struct DeviceImage {
   repsr::ImageRef ref;
   size_t slots = 0;
   std::vector<char> is_element;
+  void* allocation = nullptr;  // ref.data is `shift` elements into it
   DeviceImage() = default;
   DeviceImage(const DeviceImage&) = delete;
   DeviceImage& operator=(const DeviceImage&) = delete;
-  ~DeviceImage() { repsr_emu::device_free(ref.data); }
+  ~DeviceImage() { repsr_emu::device_free(allocation); }
 
   double get(size_t slot) const {
     switch (ref.dtype) {
@@ -112,8 +113,10 @@ struct DeviceImage {
   }
 };
 
+// `shift` > 0: the image starts that many elements into its (256-byte aligned) allocation, so its
+// rows are not 16-byte aligned (a view such as out[..., 1:]).
 void make_image(DeviceImage* img, int64_t n, int64_t c, int64_t h, int64_t w, Layout layout,
-                DType dtype, const char* label) {
+                DType dtype, const char* label, int64_t shift = 0) {
   repsr::ImageRef& r = img->ref;
   r.dtype = dtype;
   r.n = n, r.c = c, r.h = h, r.w = w;
@@ -129,7 +132,8 @@ void make_image(DeviceImage* img, int64_t n, int64_t c, int64_t h, int64_t w, La
   img->slots = static_cast<size_t>(std::max<int64_t>(1, (n - 1) * r.stride_n + (c - 1) * r.stride_c +
                                                            (h - 1) * r.stride_h + (w - 1) * r.stride_w + 1));
   if (n == 0 || c == 0 || h == 0 || w == 0) img->slots = 1;
-  r.data = repsr_emu::device_malloc(img->slots * dtype_bytes(dtype), label);
+  img->allocation = repsr_emu::device_malloc((img->slots + shift) * dtype_bytes(dtype), label);
+  r.data = static_cast<char*>(img->allocation) + shift * dtype_bytes(dtype);
   img->is_element.assign(img->slots, 0);
   for (size_t s = 0; s < img->slots; ++s) img->set(s, dtype == DType::kUInt8 ? 77 : NAN);
   for (int64_t i = 0; i < n; ++i)
@@ -274,9 +278,12 @@ struct Case {
   Layout in_layout = Layout::kNchw, out_layout = Layout::kNchw;
   DType in_dtype = DType::kFloat32, compute = DType::kFloat32;
   int smem_budget = 0;  // > 0: the emulated device's opt-in shared memory per block
+  int sm_count = 0;     // > 0: the emulated device's SMs (few: the planner picks wide tiles)
   const char* plan = "cost";  // REPSR_CUDA_PLAN
   int min_segments = 1, max_segments = 1000;  // the plan must have this many segments
   int pack_launches = 1;
+  int out_shift = 0;         // the output starts this many elements into its allocation
+  bool vector_tail = false;  // the tail's output stores must be 16-byte vectors (> 128 bytes a request)
   bool quick = false;  // also in the ThreadSanitizer subset
 
   DType out_dtype() const { return in_dtype; }
@@ -284,7 +291,9 @@ struct Case {
     std::string chain;
     for (size_t i = 0; i < widths.size(); ++i) chain += (i ? "-" : "") + std::to_string(widths[i]);
     const std::string budget = (smem_budget ? " smem " + std::to_string(smem_budget) : "") +
-                               (std::strcmp(plan, "cost") ? std::string(" plan ") + plan : "");
+                               (std::strcmp(plan, "cost") ? std::string(" plan ") + plan : "") +
+                               (out_shift ? " out shifted " + std::to_string(out_shift) : "") +
+                               (sm_count ? " " + std::to_string(sm_count) + " SMs" : "");
     char buf[320];
     std::snprintf(buf, sizeof buf, "%s: n%lld %lldx%lld widths %s x%d %s res%d clamp%d %s %s -> %s, compute %s%s",
                   label.c_str(), (long long)n, (long long)h, (long long)w, chain.c_str(), scale,
@@ -419,6 +428,53 @@ std::vector<Case> make_cases() {
     c.quick = compute == DType::kFloat16;
     add(c);
   }
+  // The tail's 16-byte vector stores (device_utils.cuh, write_tail_rows): output rows whose bytes are
+  // a multiple of 16 (tiles cut at the image's right edge end in a partial chunk), and the same
+  // outputs shifted by one element (rows misaligned: element stores). Tensor-core kernels vector-
+  // store NCHW only (the staging's NHWC gather would conflict); the float32 kernel both layouts.
+  for (int shift : {0, 1}) {
+    for (Layout l : {Layout::kNchw, Layout::kChannelsLast}) {
+      Case c;
+      c.label = "tail stores";
+      c.widths = chain(3, 16, 3, 48);
+      c.scale = 4;
+      c.n = 2, c.h = 9, c.w = 22;  // output rows of 88 pixels
+      c.in_layout = c.out_layout = l;
+      c.out_shift = shift;
+      c.sm_count = 4;
+      for (DType d : computes) {
+        c.in_dtype = c.compute = d;
+        c.vector_tail = shift == 0 && (l == Layout::kNchw || d == DType::kFloat32);
+        c.quick = shift == 0 && d != DType::kBFloat16 && l == Layout::kNchw;
+        add(c);
+      }
+    }
+    for (DType compute : {DType::kFloat16, DType::kFloat32}) {  // uint8 HWC: 3 x 48-pixel rows of 144 bytes
+      Case c;
+      c.label = "tail stores";
+      c.widths = chain(3, 16, 3, 48);
+      c.scale = 4;
+      c.n = 1, c.h = 7, c.w = 12;
+      c.in_layout = c.out_layout = Layout::kChannelsLast;
+      c.in_dtype = DType::kUInt8;
+      c.compute = compute;
+      c.clamp = true;
+      c.out_shift = shift;
+      c.sm_count = 4;
+      c.vector_tail = shift == 0 && compute == DType::kFloat32;
+      add(c);
+    }
+  }
+  {  // x3, a 1-channel NCHW output of 48-pixel rows (96 bytes in float16)
+    Case c;
+    c.label = "tail stores";
+    c.widths = {1, 8, 8, 9};
+    c.scale = 3;
+    c.n = 1, c.h = 5, c.w = 16;
+    c.sm_count = 4;
+    each_dtype(c);
+    for (size_t i = cases.size() - 3; i < cases.size(); ++i) cases[i].vector_tail = true;
+  }
   // Random nets: mixed widths, scales, channel counts of the image.
   {
     std::mt19937 rng(4242);
@@ -449,6 +505,7 @@ void run_case(const Case& c, uint64_t seed) {
   repsr_emu::Config& cfg = repsr_emu::config();
   const repsr_emu::Config saved = cfg;
   if (c.smem_budget > 0) cfg.smem_per_block_optin = cfg.smem_per_sm = c.smem_budget;
+  if (c.sm_count > 0) cfg.sm_count = c.sm_count;
   setenv("REPSR_CUDA_PLAN", c.plan, 1);
 
   std::mt19937 rng(static_cast<uint32_t>(seed));
@@ -457,7 +514,8 @@ void run_case(const Case& c, uint64_t seed) {
   DeviceImage in, out;
   make_image(&in, c.n, c.widths[0], c.h, c.w, c.in_layout, c.in_dtype, "input");
   const int out_channels = c.widths.back() / (c.scale * c.scale);
-  make_image(&out, c.n, out_channels, c.h * c.scale, c.w * c.scale, c.out_layout, c.out_dtype(), "output");
+  make_image(&out, c.n, out_channels, c.h * c.scale, c.w * c.scale, c.out_layout, c.out_dtype(), "output",
+             c.out_shift);
   const Tensor input = fill_random(in, rng);
 
   const RunResult r = run_chain(dev.net, in.ref, out.ref, c.compute);
@@ -481,6 +539,16 @@ void run_case(const Case& c, uint64_t seed) {
         check(site.cost == site.ideal, name + ": " + site.kind + " at " + site.site + " took " + std::to_string(site.cost) +
                                            " wavefronts for " + std::to_string(site.ideal) + " phases");
     }
+
+  // One element per lane, the tail's output needs at least bytes / (32 x element size) store
+  // requests; 16-byte vectors need fewer.
+  if (c.vector_tail && !r.launches.empty()) {
+    const repsr_emu::GlobalCounter& st = r.launches.back().global_store;
+    const uint64_t scalar_minimum = st.useful_bytes / (32 * static_cast<uint64_t>(dtype_bytes(c.out_dtype())));
+    check(st.requests > 0 && st.requests < scalar_minimum,
+          name + ": the tail stored " + std::to_string(st.useful_bytes) + " bytes in " + std::to_string(st.requests) +
+              " requests (one element a lane needs " + std::to_string(scalar_minimum) + "): no 16-byte vectors");
+  }
 
   Tensor got;
   const std::string outside = read_output(out, &got);
