@@ -103,13 +103,14 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
   const int calloc = f32_cout_alloc(cout);
   const int row_groups = static_cast<int>(ceil_div(pout.rows, kF32Rows));
   const int items = static_cast<int>(f32_items(cout, pout.rows, pout.cols));
+  const int item_cols = f32_item_cols(pout.cols);  // >= pout.cols: padding columns store nothing
   const int in_pitch = layer.f32_in.pitch, in_cs = layer.f32_in.channel_stride;
   const float* weight = static_cast<const float*>(layer.weight);
 
   const int y_in_lo = static_cast<int>(-pout.y0), y_in_hi = static_cast<int>(p.height - pout.y0);
   for (int item = threadIdx.x; item < items; item += kThreads) {
-    const int x = item % pout.cols;
-    const int rest = item / pout.cols;
+    const int x = item % item_cols;
+    const int rest = item / item_cols;
     const int y0 = (rest % row_groups) * kF32Rows;
     const int co0 = (rest / row_groups) * kF32Couts;
 
@@ -117,7 +118,9 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
     // (last, partial row group) are clamped to its last row: valid addresses, results dropped.
     // Offsets grow with the row, so clamping the offset clamps the row (one register for the
     // bound instead of an array of kF32Rows + 2 offsets: this kernel sits at its register cap).
-    const int row_base = y0 * in_pitch + x, row_last = (pin.rows - 1) * in_pitch + x;
+    // A padding column reads its row's last column (a word a neighbour reads too: a broadcast).
+    const int x_read = imin(x, pout.cols - 1);
+    const int row_base = y0 * in_pitch + x_read, row_last = (pin.rows - 1) * in_pitch + x_read;
 
     float acc[kF32Rows][kF32Couts];
 #pragma unroll
@@ -146,17 +149,18 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
       }
     }
 
-    // Predicated, not branched: rows past the plane (partial last row group), channels past cout
-    // and, for the tail, pixels beyond the image store nothing. Bias and slope are padded to the
-    // allocated channels, so their loads need no predicate.
+    // Predicated, not branched: padding columns, rows past the plane (partial last row group),
+    // channels past cout and, for the tail, pixels beyond the image store nothing. Bias and slope
+    // are padded to the allocated channels, so their loads need no predicate.
     // The image's rows as plane rows [y_in_lo, y_in_hi), in 32 bits: fewer registers than
     // 64-bit image coordinates per row (this kernel sits at its register cap).
+    const bool col_ok = x < pout.cols;
     const bool col_inside = pout.x0 + x >= 0 && pout.x0 + x < p.width;
     const int out_pitch = layer.f32_out.pitch, out_cs = layer.f32_out.channel_stride;
 #pragma unroll
     for (int r = 0; r < kF32Rows; ++r) {
       const int y = y0 + r;
-      const bool row_ok = y < pout.rows;
+      const bool row_ok = col_ok && y < pout.rows;
       const bool inside = col_inside && y >= y_in_lo && y < y_in_hi;
 #pragma unroll
       for (int c = 0; c < kF32Couts; ++c) {

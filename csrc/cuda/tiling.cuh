@@ -262,9 +262,19 @@ REPSR_HD int64_t f32_weight_offset(int ci, int tap, int co, int cout_alloc) {
 REPSR_HD constexpr int tc_blocks_per_sm_by_registers(int max_ntiles) { return max_ntiles <= 4 ? 2 : 1; }
 constexpr int kF32BlocksPerSmByRegisters = 2;
 
+// Columns a float32 conv's thread items run over for an output plane `cols` wide. A row pitch can
+// make a warp's wrap from one row group to the next conflict-free only where this is a multiple of
+// kF32Rows (f32_row_pitch), so planes of 32 columns or more are padded to one (e.g. the 66-column
+// middle plane of a two-layer 64-wide tile: 68, 3% more items); the padding items read a clamped
+// column and store nothing. Narrower planes keep their width: up to 3 idle columns would cost
+// more than the conflicts.
+REPSR_HD int f32_item_cols(int cols) {
+  return cols >= 32 && cols % kF32Rows != 0 ? static_cast<int>(round_up(cols, kF32Rows)) : cols;
+}
+
 // Work of one layer whose output plane is rows x cols, in the units the kernels distribute.
 REPSR_HD int64_t f32_items(int cout, int rows, int cols) {
-  return ceil_div(cout, kF32Couts) * ceil_div(rows, kF32Rows) * cols;
+  return ceil_div(cout, kF32Couts) * ceil_div(rows, kF32Rows) * f32_item_cols(cols);
 }
 REPSR_HD int64_t tc_units(int cout, int rows, int cols, bool tail = false) {
   const int64_t m_blocks = ceil_div(tc_order_slots(rows, cols, tail), kTcWarpPixels);
@@ -277,8 +287,9 @@ REPSR_HD int64_t tc_units(int cout, int rows, int cols, bool tail = false) {
 // address advances by kF32Rows * pitch - item_cols + 1: with kF32Rows * pitch = item_cols (mod 32)
 // the warp's 32 words stay in 32 different banks. That is possible when item_cols is a multiple of
 // 4 and needed unless it is a multiple of 32 (then no warp wraps); otherwise rows keep their width.
+REPSR_HD bool f32_items_wrap_fixable(int item_cols) { return item_cols % 32 != 0 && item_cols % kF32Rows == 0; }
 REPSR_HD int f32_row_pitch(int cols, int item_cols) {
-  if (item_cols % 32 == 0 || item_cols % kF32Rows != 0) return cols;
+  if (!f32_items_wrap_fixable(item_cols)) return cols;
   const int want = (item_cols / kF32Rows) % 8;  // pitch mod 8
   return cols + ((want - cols % 8) % 8 + 8) % 8;
 }
@@ -289,16 +300,21 @@ struct F32PlaneLayout {
   REPSR_HD int64_t bytes(int channels) const { return int64_t{channels} * channel_stride * 4; }
 };
 
-// Plane j of a k-layer float32 segment. Planes 0..k-1 are laid out for the conv that reads them
-// (its items run over cols - 2 columns); plane k for the conv that writes it (cols columns; the
-// map copy reads it in storage order). A tail segment's plane k (`scale` > 0) is read back in the
+// Plane j of a k-layer float32 segment. Its pitch serves the conv that reads it (planes 0..k-1: its
+// items run over f32_item_cols(cols - 2) columns) where that conv's warps wrap rows, else the conv
+// that writes it (planes 1..k: f32_item_cols(cols)); the map copies run in storage order. So the
+// middle plane of a two-layer 32- or 64-wide tile, whose reader never wraps, serves its writer.
+// A tail segment's plane k (`scale` > 0) is read back in the
 // output's order by f32_write_tail: 32 consecutive NCHW output elements of a row are
 // ceil(32 / r) tile pixels x r channels (co = .. + j, j = ox % r), so a channel stride of
 // ceil(32 / r) mod 32 words puts them in 32 different banks.
 REPSR_HD F32PlaneLayout f32_plane_layout(int k, int j, int th, int tw, int scale = 0) {
   const Plane p = segment_plane(k, j, th, tw, 0, 0);
   F32PlaneLayout l;
-  l.pitch = f32_row_pitch(p.cols, j < k ? p.cols - 2 : p.cols);
+  const int reader_cols = j < k ? f32_item_cols(p.cols - 2) : 0, writer_cols = j > 0 ? f32_item_cols(p.cols) : 0;
+  l.pitch = j < k && f32_items_wrap_fixable(reader_cols) ? f32_row_pitch(p.cols, reader_cols)
+            : j > 0                                       ? f32_row_pitch(p.cols, writer_cols)
+                                                          : p.cols;
   l.channel_stride = p.rows * l.pitch;
   if (j == k && scale > 1) {
     const int want = ((32 + scale - 1) / scale) % 32;

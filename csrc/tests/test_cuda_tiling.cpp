@@ -689,68 +689,83 @@ void test_tc_plane_banks() {
 }
 
 // Bank conflicts of the float32 kernel's shared accesses by the emulator's bank model
-// (f32_plane_layout): the conv's input loads (6 rows x 3 taps per item) and its epilogue stores into
-// a segment's last plane are conflict-free wherever the output plane's width and height are
-// multiples of 4, in every warp that stays inside one channel group (a warp that crosses into the
-// next group jumps back to row 0, and a partial last row group reads clamped rows; both are in the
-// reported ratio); the tail read-back in NCHW output order is conflict-free for x2,
-// x3 and x4 wherever a warp stays in one output row. Other widths are reported.
+// (f32_plane_layout, f32_item_cols): conv j of a k-layer segment loads 6 rows x 3 taps per item from
+// plane j and stores its epilogue into plane j + 1. Conflict-free, in every warp that stays inside
+// one channel group (a warp that crosses into the next group jumps back to row 0, and a partial
+// last row group reads clamped rows; both are in the reported ratio), wherever the output plane's
+// height is a multiple of 4 and: one-layer segments, a width multiple of 4 or >= 32 (items padded
+// to a multiple of 4 from 32 columns); the first conv of a
+// two-layer segment (its output, the middle plane, is tw + 2 wide: items padded to a multiple of
+// 4, the plane's pitch serving its writer), tw a multiple of 32; the second conv as a one-layer
+// segment's (the middle plane's pitch serves it first where its warps wrap). The tail read-back in NCHW
+// output order is conflict-free for x2, x3 and x4 wherever a warp stays in one output row. Other
+// shapes are reported.
 void test_f32_plane_banks() {
   bool loads_free = true, stores_free = true, tail_free = true;
   std::string where;
-  uint64_t waves[2] = {0, 0}, ideal[2] = {0, 0};  // [item_cols % 4 == 0]
+  uint64_t waves[2] = {0, 0}, ideal[2] = {0, 0};  // [conflict-free expected]
   const auto cost_of = [](const repsr_emu::WarpRequest& req) { return repsr_emu::shared_cost(req); };
-  for (int cout : {16, 48, 64})
-    for (int cols_out = 1; cols_out <= 72; ++cols_out)
-      for (int rows_out : {4, 6, 8, 12, 16, 24}) {
-        const int k = 1, th = rows_out, tw = cols_out;  // plane 0: rows_out + 2 x cols_out + 2
-        const F32PlaneLayout lin = f32_plane_layout(k, 0, th, tw), lout = f32_plane_layout(k, 1, th, tw);
-        const int rows_in = rows_out + 2, row_groups = static_cast<int>(ceil_div(rows_out, kF32Rows));
-        const int64_t items = f32_items(cout, rows_out, cols_out), per_group = int64_t{row_groups} * cols_out;
-        const bool fixable = cols_out % kF32Rows == 0 && rows_out % kF32Rows == 0;
-        for (int64_t w0 = 0; w0 < items; w0 += 32) {
-          const bool one_group = w0 / per_group == std::min(w0 + 31, items - 1) / per_group;
-          for (int r = 0; r < kF32Rows + 2; ++r)
-            for (int kx = 0; kx < 3; ++kx) {
-              repsr_emu::WarpRequest req;
-              req.active = 0;
-              for (int lane = 0; lane < 32; ++lane) {
-                const int64_t item = w0 + lane;
-                if (item >= items) continue;
-                req.active |= 1u << lane;
-                const int x = static_cast<int>(item % cols_out), rest = static_cast<int>(item / cols_out);
-                const int y0 = (rest % row_groups) * kF32Rows;
-                const int off = std::min(y0 * lin.pitch + x + r * lin.pitch, (rows_in - 1) * lin.pitch + x) + kx;
-                req.addr[lane] = static_cast<uint64_t>(4 * off);
-              }
-              const repsr_emu::SharedCost c = cost_of(req);
-              waves[fixable] += c.wavefronts;
-              ideal[fixable] += c.ideal;
-              if (fixable && one_group && c.wavefronts != c.ideal && loads_free) {
-                loads_free = false;
-                where = " (loads: width " + std::to_string(cols_out) + ", rows " + std::to_string(rows_out) + ")";
-              }
-            }
-          for (int r = 0; r < kF32Rows; ++r) {  // epilogue stores, channel co0 + 0 of the item
-            repsr_emu::WarpRequest req;
-            req.active = 0;
-            for (int lane = 0; lane < 32; ++lane) {
-              const int64_t item = w0 + lane;
-              if (item >= items) continue;
-              const int x = static_cast<int>(item % cols_out), rest = static_cast<int>(item / cols_out);
-              const int y = (rest % row_groups) * kF32Rows + r, co = (rest / row_groups) * kF32Couts;
-              if (y >= rows_out) continue;
-              req.active |= 1u << lane;
-              req.addr[lane] = static_cast<uint64_t>(4 * (co * lout.channel_stride + y * lout.pitch + x));
-            }
-            if (!req.active) continue;
-            const repsr_emu::SharedCost c = cost_of(req);
-            if (fixable && one_group && c.wavefronts != c.ideal && stores_free) {
-              stores_free = false;
-              where += " (stores: width " + std::to_string(cols_out) + ", rows " + std::to_string(rows_out) + ")";
-            }
+  const auto conv = [&](int k, int j, int th, int tw, int cout, bool loads_fixable, bool stores_fixable) {
+    const F32PlaneLayout lin = f32_plane_layout(k, j, th, tw), lout = f32_plane_layout(k, j + 1, th, tw);
+    const Plane pin = segment_plane(k, j, th, tw, 0, 0), pout = segment_plane(k, j + 1, th, tw, 0, 0);
+    const int rows_out = pout.rows, cols_out = pout.cols, item_cols = f32_item_cols(cols_out);
+    const int row_groups = static_cast<int>(ceil_div(rows_out, kF32Rows));
+    const int64_t items = f32_items(cout, rows_out, cols_out), per_group = int64_t{row_groups} * item_cols;
+    const bool full_groups = rows_out % kF32Rows == 0;
+    const std::string shape = " k " + std::to_string(k) + " conv " + std::to_string(j) + ", output " +
+                              std::to_string(rows_out) + "x" + std::to_string(cols_out) + ")";
+    for (int64_t w0 = 0; w0 < items; w0 += 32) {
+      const bool one_group = w0 / per_group == std::min(w0 + 31, items - 1) / per_group;
+      for (int r = 0; r < kF32Rows + 2; ++r)
+        for (int kx = 0; kx < 3; ++kx) {
+          repsr_emu::WarpRequest req;
+          req.active = 0;
+          for (int lane = 0; lane < 32; ++lane) {
+            const int64_t item = w0 + lane;
+            if (item >= items) continue;
+            req.active |= 1u << lane;
+            const int x = std::min(static_cast<int>(item % item_cols), cols_out - 1);
+            const int rest = static_cast<int>(item / item_cols), y0 = (rest % row_groups) * kF32Rows;
+            const int off = std::min(y0 * lin.pitch + x + r * lin.pitch, (pin.rows - 1) * lin.pitch + x) + kx;
+            req.addr[lane] = static_cast<uint64_t>(4 * off);
+          }
+          const repsr_emu::SharedCost c = cost_of(req);
+          const bool expect = loads_fixable && full_groups;
+          waves[expect] += c.wavefronts;
+          ideal[expect] += c.ideal;
+          if (expect && one_group && c.wavefronts != c.ideal && loads_free) {
+            loads_free = false;
+            where += " (loads:" + shape;
           }
         }
+      for (int r = 0; r < kF32Rows; ++r) {  // epilogue stores, channel co0 + 0 of the item
+        repsr_emu::WarpRequest req;
+        req.active = 0;
+        for (int lane = 0; lane < 32; ++lane) {
+          const int64_t item = w0 + lane;
+          if (item >= items) continue;
+          const int x = static_cast<int>(item % item_cols), rest = static_cast<int>(item / item_cols);
+          const int y = (rest % row_groups) * kF32Rows + r, co = (rest / row_groups) * kF32Couts;
+          if (y >= rows_out || x >= cols_out) continue;
+          req.active |= 1u << lane;
+          req.addr[lane] = static_cast<uint64_t>(4 * (co * lout.channel_stride + y * lout.pitch + x));
+        }
+        if (!req.active) continue;
+        const repsr_emu::SharedCost c = cost_of(req);
+        if (stores_fixable && full_groups && one_group && c.wavefronts != c.ideal && stores_free) {
+          stores_free = false;
+          where += " (stores:" + shape;
+        }
+      }
+    }
+  };
+  for (int cout : {16, 48, 64})
+    for (int tw = 1; tw <= 72; ++tw)
+      for (int th : {4, 6, 8, 12, 16, 24}) {
+        const bool padded_or_multiple = tw % 4 == 0 || tw >= 32;  // f32_item_cols pads from 32 columns
+        conv(1, 0, th, tw, cout, padded_or_multiple, padded_or_multiple);
+        conv(2, 0, th, tw, cout, tw % 32 == 0, tw % 32 == 0);
+        conv(2, 1, th, tw, cout, padded_or_multiple, padded_or_multiple);
       }
   for (int r : {2, 3, 4})
     for (int tw = 1; tw <= 40; ++tw)
@@ -774,10 +789,10 @@ void test_f32_plane_banks() {
               }
             }
       }
-  std::printf("  f32 plane banks: conv loads x%.3f (output planes with sides multiple of 4), x%.3f (others)\n",
+  std::printf("  f32 plane banks: conv loads x%.3f (shapes expected conflict-free), x%.3f (others)\n",
               double(waves[1]) / double(ideal[1]), double(waves[0]) / double(ideal[0]));
-  check(loads_free, "float32 conv loads conflict-free on planes with sides multiple of 4" + where);
-  check(stores_free, "float32 epilogue stores into a segment's last plane conflict-free on sides multiple of 4" + where);
+  check(loads_free, "float32 conv loads conflict-free (one- and two-layer segments, shapes above)" + where);
+  check(stores_free, "float32 epilogue stores conflict-free (one- and two-layer segments, shapes above)" + where);
   check(tail_free, "float32 tail read-back conflict-free in NCHW order for x2 / x3 / x4" + where);
   // The layout itself: rows padded to the rule, never shorter than the plane, at most 7 floats.
   bool layout_ok = true;
@@ -809,6 +824,14 @@ void test_channel_layouts() {
   check(f32_weight_offset(2, 8, 7, 16) == (2 * 9 + 8) * 16 + 7 && f32_weight_elements(3, 13) == 9 * 3 * 16,
         "f32 weight layout");
   check(f32_items(13, 9, 5) == 2 * 3 * 5, "f32 items: channel groups x row groups x cols");
+  check(f32_items(13, 9, 66) == 2 * 3 * 68 && f32_items(8, 4, 31) == 31 && f32_items(8, 4, 64) == 64,
+        "f32 items: columns padded to a multiple of 4 from 32 columns");
+  bool item_cols_ok = true;
+  for (int cols = 1; cols <= 200; ++cols) {
+    const int w = f32_item_cols(cols);
+    item_cols_ok = item_cols_ok && w >= cols && w < cols + kF32Rows && (cols < 32 ? w == cols : w % kF32Rows == 0);
+  }
+  check(item_cols_ok, "f32_item_cols: the width, or from 32 columns the next multiple of 4");
 }
 
 // ---- Shared memory and planner ------------------------------------------------------------------
