@@ -6,8 +6,9 @@
 #
 # Steps: host tiling test, build the extension from the working tree, ptxas resource usage, the
 # CUDA pytest suite, compute-sanitizer memcheck / racecheck / synccheck / initcheck on small cases,
-# a quick timing against PyTorch, the CUDA benchmark file if there is one, and (RUN_NCU=1) an
-# Nsight Compute look at the main kernel. Every step runs even if an earlier one failed (except
+# a quick timing against PyTorch, the CUDA benchmark file if there is one, the kernels' hardware
+# counters beside the emulator's (ncu; RUN_COUNTERS=0 skips), and (RUN_NCU=1) an Nsight Compute
+# look at the main kernel. Every step runs even if an earlier one failed (except
 # those that need the build); a summary table is printed last, and the exit status is non-zero if
 # any step failed. Without a visible GPU the GPU steps are reported as skipped, so the script can
 # be dry-run on a CPU machine with a CUDA build of torch (the build, registration and ptxas steps
@@ -171,9 +172,40 @@ EOF
     skip_step "benchmarks" "no python_tests/*bench*cuda*.py yet"
   fi
 
-  # ---- 7. Nsight Compute (opt-in) --------------------------------------------------------------------
+  # ---- 7. Hardware counters beside the emulator's (benchmarks/hardware_counters.py) ----------------
+  # The emulator's small whole-run cases (totals must agree) and the benchmark cases at batch 1 in
+  # float16 (the model's scaled samples). Metrics this ncu does not know are left out (and said);
+  # clocks left as they are (--clock-control none). RUN_COUNTERS=0 skips the step.
+  if [ "${RUN_COUNTERS:-1}" != "1" ]; then
+    skip_step "hardware counters" "RUN_COUNTERS=0"
+  elif ! command -v ncu >/dev/null 2>&1; then
+    skip_step "hardware counters" "ncu not on PATH"
+  else
+    counters_step() {
+      local known wanted="" m
+      known=$(ncu --query-metrics 2>/dev/null || true)
+      for m in $("$PYTHON" benchmarks/hardware_counters.py metrics | tr , ' '); do
+        if [ -z "$known" ] || grep -qw "${m%.*}" <<<"$known"; then wanted+="${wanted:+,}$m"; else echo "ncu does not know $m: left out"; fi
+      done
+      local name json filter rc=0
+      for name in small benchmark; do
+        if [ "$name" = small ]; then json=benchmarks/hardware_counters_emulated.json filter=.; else json=benchmarks/gpu_model_counters.json filter=' f16 nchw b1 '; fi
+        echo "-- $name: $json, cases matching '$filter'"
+        timeout 240 ncu --clock-control none --kernel-name regex:segment_ --metrics "$wanted" \
+          --export "$LOG_DIR/counters_$name" --force-overwrite \
+          "$PYTHON" benchmarks/hardware_counters.py run "$json" --cases "$filter" || { rc=1; continue; }
+        ncu --import "$LOG_DIR/counters_$name.ncu-rep" --csv --page raw >"$LOG_DIR/counters_$name.csv" || { rc=1; continue; }
+        "$PYTHON" benchmarks/hardware_counters.py compare "$LOG_DIR/counters_$name.csv" "$json" --cases "$filter" \
+          --json "$LOG_DIR/counters_$name.json" | tee "$LOG_DIR/counters_$name.md" || rc=1
+      done
+      return $rc
+    }
+    run_step "hardware counters (ncu vs emulator)" counters.log counters_step
+  fi
+
+  # ---- 8. Nsight Compute (opt-in) --------------------------------------------------------------------
   if [ "${RUN_NCU:-0}" = "1" ] && command -v ncu >/dev/null 2>&1; then
-    run_step "ncu (segment kernels)" ncu.log ncu --kernel-name regex:segment_ --launch-count 4 \
+    run_step "ncu (segment kernels)" ncu.log ncu --clock-control none --kernel-name regex:segment_ --launch-count 4 \
       --section SpeedOfLight --section Occupancy --section LaunchStats "$PYTHON" -c "
 import torch, repsr_ext
 g = torch.Generator().manual_seed(0)

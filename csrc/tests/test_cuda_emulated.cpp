@@ -14,7 +14,7 @@
 //   uint8       (float16 or float32 compute) at most one level from round(clamp(ref) * 255)
 //               anywhere, and no more mismatching values than 2 x those of the rounded chain
 //               (+1% of the values).
-// Usage: test_cuda_emulated [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites] [--model-json FILE]
+// Usage: test_cuda_emulated [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites] [--model-json FILE] [--hardware-json FILE]
 //   --quick: the subset run under ThreadSanitizer. REPSR_EMU_SEED picks the block orders.
 #include <algorithm>
 #include <chrono>
@@ -698,17 +698,20 @@ struct Sample {
   std::vector<repsr_emu::LaunchRecord> segments;  // one per plan segment
 };
 
-Sample sample_case(const BenchPreset& preset, const BenchIo& io, int64_t batch) {
+// `sampled`: only the sampled blocks run (benchmark sizes); else every block (the small cases of
+// hardware_json, whose totals a profiler can measure).
+Sample sample_case(const BenchPreset& preset, const BenchIo& io, int64_t batch, int64_t height = kBenchH,
+                   int64_t width = kBenchW, bool sampled = true) {
   repsr_emu::Config& cfg = repsr_emu::config();
   const repsr_emu::Config saved = cfg;
-  cfg.block_filter = sampled_block;
+  if (sampled) cfg.block_filter = sampled_block;
   std::mt19937 rng(7);
   const TestNet host = make_net_widths(rng, chain(3, preset.channels, preset.layers, 3 * kBenchScale * kBenchScale),
                                        kBenchScale, Activation::kPrelu, true, false);
   const DeviceNet dev(host);
   DeviceImage in, out;
-  make_image(&in, batch, 3, kBenchH, kBenchW, io.layout, io.dtype, "input");
-  make_image(&out, batch, 3, kBenchH * kBenchScale, kBenchW * kBenchScale, io.layout, io.dtype, "output");
+  make_image(&in, batch, 3, height, width, io.layout, io.dtype, "input");
+  make_image(&out, batch, 3, height * kBenchScale, width * kBenchScale, io.layout, io.dtype, "output");
   fill_random(in, rng);
   const RunResult r = run_chain(dev.net, in.ref, out.ref, io.compute);
   cfg = saved;
@@ -720,7 +723,7 @@ Sample sample_case(const BenchPreset& preset, const BenchIo& io, int64_t batch) 
   ChainShape& s = sample.shape;
   s.path = io.compute == DType::kFloat32 ? Path::kFp32 : Path::kTensorCore;
   s.widths = chain(3, preset.channels, preset.layers, 3 * kBenchScale * kBenchScale);
-  s.n = batch, s.h = kBenchH, s.w = kBenchW, s.scale = kBenchScale;
+  s.n = batch, s.h = height, s.w = width, s.scale = kBenchScale;
   s.in_bytes = s.out_bytes = dtype_bytes(io.dtype);
   s.residual = true;
   DeviceModel d;  // what the launcher's query_device reports on the emulated device
@@ -746,78 +749,115 @@ void bench_counters() {
     }
 }
 
-// The plan and the sampled counters of every benchmark case, batch 1 and 8, as JSON for
-// benchmarks/gpu_model.py: per segment its layers, tile, blocks, shared memory, the useful MACs
-// and those the kernel executes (padding and halo recomputation included), and the counters of
-// the sampled blocks with their count, so that the model scales them to the whole launch.
-void model_json(const char* path) {
+// One segment of a sample as a JSON object: its layers, tile, blocks, shared memory, the useful MACs
+// and those the kernel executes (padding and halo recomputation included), and the launch's
+// counters over the blocks that ran (`sampled_blocks` of them).
+std::string segment_json(const ChainShape& s, const SegmentPlan& seg, const repsr_emu::LaunchRecord& l) {
+  const int k = seg.last - seg.first;
+  const int64_t blocks = grid_blocks(seg.grid);
+  double useful = 0, executed = 0;
+  for (int j = 0; j < k; ++j) {
+    const int cin = s.widths[seg.first + j], cout = s.widths[seg.first + j + 1];
+    const Plane pout = segment_plane(k, j + 1, seg.th, seg.tw, 0, 0);
+    const bool tail_layer = seg.last == s.num_layers() && j == k - 1;
+    useful += 9.0 * cin * cout * double(s.n) * s.h * s.w;
+    executed += s.path == Path::kFp32
+                    ? double(f32_items(cout, pout.rows, pout.cols)) * kF32Rows * kF32Couts * 9.0 * cin * blocks
+                    : double(tc_units(cout, pout.rows, pout.cols, tail_layer)) * kTcWarpPixels * 8.0 *
+                          tc_warp_ntiles(cout) * 9.0 * tc_channels(cin) * blocks;
+  }
+  std::string widths;
+  for (int j = seg.first; j <= seg.last; ++j) widths += (j > seg.first ? "," : "") + std::to_string(s.widths[j]);
+  auto shared = [](const repsr_emu::SharedCounter& c) {
+    char b[160];
+    std::snprintf(b, sizeof b, "{\"requests\": %llu, \"wavefronts\": %llu, \"ideal\": %llu, \"bytes\": %llu}",
+                  (unsigned long long)c.requests, (unsigned long long)c.wavefronts,
+                  (unsigned long long)c.ideal_wavefronts, (unsigned long long)c.bytes);
+    return std::string(b);
+  };
+  auto global = [](const repsr_emu::GlobalCounter& c) {
+    char b[160];
+    std::snprintf(b, sizeof b, "{\"requests\": %llu, \"sectors\": %llu, \"useful_bytes\": %llu}",
+                  (unsigned long long)c.requests, (unsigned long long)c.sectors, (unsigned long long)c.useful_bytes);
+    return std::string(b);
+  };
+  std::vector<char> b(2048);
+  std::snprintf(b.data(), b.size(),
+                "{\"first\": %d, \"last\": %d, \"widths\": [%s], \"tail\": %s, \"th\": %d, \"tw\": %d, "
+                "\"blocks\": %lld, \"smem\": %lld, \"kernel\": \"%s\", \"useful_macs\": %.0f, \"executed_macs\": %.0f, "
+                "\"sampled_blocks\": %llu, \"ldmatrix\": %s, \"shared_load\": %s, \"shared_store\": %s, "
+                "\"global_load\": %s, \"global_store\": %s, \"mma\": %llu, \"barriers\": %llu}",
+                seg.first, seg.last, widths.c_str(), seg.last == s.num_layers() ? "true" : "false", seg.th, seg.tw,
+                (long long)blocks, (long long)seg.smem.total, l.name.c_str(), useful, executed,
+                (unsigned long long)l.blocks_run, shared(l.ldmatrix).c_str(), shared(l.shared_load).c_str(),
+                shared(l.shared_store).c_str(), global(l.global_load).c_str(), global(l.global_store).c_str(),
+                (unsigned long long)l.mma, (unsigned long long)l.barriers);
+  return std::string(b.data());
+}
+
+struct JsonCase {
+  const BenchPreset* preset;
+  const BenchIo* io;
+  int64_t batch, height, width;
+};
+
+// Cases as JSON: each with its net (presets: widths 3, channels x (layers - 1), 48; PReLU; the
+// nearest-upsampled input added), input and the plan's segments (segment_json). `sampled`: the
+// sampled blocks of each launch, else all of them.
+void write_cases_json(const char* path, const std::vector<JsonCase>& cases, bool sampled) {
   FILE* f = std::fopen(path, "w");
   if (f == nullptr) {
     check(false, std::string("cannot write ") + path);
     return;
   }
-  std::fprintf(f, "{\"emulated_device\": {\"sm_count\": %d, \"smem_per_block\": %d},\n \"cases\": [\n",
-               repsr_emu::config().sm_count, repsr_emu::config().smem_per_block_optin);
+  std::fprintf(f, "{\"emulated_device\": {\"sm_count\": %d, \"smem_per_block\": %d}, \"sampled\": %s,\n \"cases\": [\n",
+               repsr_emu::config().sm_count, repsr_emu::config().smem_per_block_optin, sampled ? "true" : "false");
   bool first_case = true;
-  for (const BenchPreset& preset : kBenchPresets)
-    for (const BenchIo& io : kBenchIos)
-      for (int64_t batch : {int64_t{1}, int64_t{8}}) {
-        std::printf("%s %s batch %lld\n", preset.name, io.name, (long long)batch);
-        std::fflush(stdout);
-        const Sample sample = sample_case(preset, io, batch);
-        const ChainShape& s = sample.shape;
-        std::fprintf(f, "%s  {\"preset\": \"%s\", \"io\": \"%s\", \"compute\": \"%s\", \"batch\": %lld, "
-                     "\"height\": %lld, \"width\": %lld, \"scale\": %d, \"element_bytes\": %d, \"segments\": [\n",
-                     first_case ? "" : ",\n", preset.name, io.name, dtype_name(io.compute), (long long)batch,
-                     (long long)s.h, (long long)s.w, s.scale, s.in_bytes);
-        first_case = false;
-        for (size_t i = 0; i < sample.plan.segments.size() && i < sample.segments.size(); ++i) {
-          const SegmentPlan& seg = sample.plan.segments[i];
-          const repsr_emu::LaunchRecord& l = sample.segments[i];
-          const int k = seg.last - seg.first;
-          const int64_t blocks = grid_blocks(seg.grid);
-          double useful = 0, executed = 0;
-          for (int j = 0; j < k; ++j) {
-            const int cin = s.widths[seg.first + j], cout = s.widths[seg.first + j + 1];
-            const Plane pout = segment_plane(k, j + 1, seg.th, seg.tw, 0, 0);
-            const bool tail_layer = seg.last == s.num_layers() && j == k - 1;
-            useful += 9.0 * cin * cout * double(s.n) * s.h * s.w;
-            executed += s.path == Path::kFp32
-                            ? double(f32_items(cout, pout.rows, pout.cols)) * kF32Rows * kF32Couts * 9.0 * cin * blocks
-                            : double(tc_units(cout, pout.rows, pout.cols, tail_layer)) * kTcWarpPixels * 8.0 *
-                                  tc_warp_ntiles(cout) * 9.0 * tc_channels(cin) * blocks;
-          }
-          std::string widths;
-          for (int j = seg.first; j <= seg.last; ++j) widths += (j > seg.first ? "," : "") + std::to_string(s.widths[j]);
-          auto shared = [](const repsr_emu::SharedCounter& c) {
-            char b[160];
-            std::snprintf(b, sizeof b, "{\"requests\": %llu, \"wavefronts\": %llu, \"ideal\": %llu, \"bytes\": %llu}",
-                          (unsigned long long)c.requests, (unsigned long long)c.wavefronts,
-                          (unsigned long long)c.ideal_wavefronts, (unsigned long long)c.bytes);
-            return std::string(b);
-          };
-          auto global = [](const repsr_emu::GlobalCounter& c) {
-            char b[160];
-            std::snprintf(b, sizeof b, "{\"requests\": %llu, \"sectors\": %llu, \"useful_bytes\": %llu}",
-                          (unsigned long long)c.requests, (unsigned long long)c.sectors,
-                          (unsigned long long)c.useful_bytes);
-            return std::string(b);
-          };
-          std::fprintf(f, "%s    {\"first\": %d, \"last\": %d, \"widths\": [%s], \"tail\": %s, \"th\": %d, \"tw\": %d, "
-                       "\"blocks\": %lld, \"smem\": %lld, \"kernel\": \"%s\", \"useful_macs\": %.0f, \"executed_macs\": %.0f, "
-                       "\"sampled_blocks\": %llu, \"ldmatrix\": %s, \"shared_load\": %s, \"shared_store\": %s, "
-                       "\"global_load\": %s, \"global_store\": %s, \"mma\": %llu, \"barriers\": %llu}",
-                       i ? ",\n" : "", seg.first, seg.last, widths.c_str(), seg.last == s.num_layers() ? "true" : "false",
-                       seg.th, seg.tw, (long long)blocks, (long long)seg.smem.total, l.name.c_str(), useful, executed,
-                       (unsigned long long)l.blocks_run, shared(l.ldmatrix).c_str(), shared(l.shared_load).c_str(),
-                       shared(l.shared_store).c_str(), global(l.global_load).c_str(), global(l.global_store).c_str(),
-                       (unsigned long long)l.mma, (unsigned long long)l.barriers);
-          check(l.blocks_run == sampled_blocks(static_cast<uint64_t>(blocks)), "sampled blocks as filtered");
-        }
-        std::fprintf(f, "\n  ]}");
-      }
+  for (const JsonCase& c : cases) {
+    std::printf("%s %s batch %lld %lldx%lld\n", c.preset->name, c.io->name, (long long)c.batch, (long long)c.height,
+                (long long)c.width);
+    std::fflush(stdout);
+    const Sample sample = sample_case(*c.preset, *c.io, c.batch, c.height, c.width, sampled);
+    const ChainShape& s = sample.shape;
+    std::fprintf(f, "%s  {\"preset\": \"%s\", \"channels\": %d, \"layers\": %d, \"io\": \"%s\", \"compute\": \"%s\", "
+                 "\"batch\": %lld, \"height\": %lld, \"width\": %lld, \"scale\": %d, \"element_bytes\": %d, "
+                 "\"segments\": [\n",
+                 first_case ? "" : ",\n", c.preset->name, c.preset->channels, c.preset->layers, c.io->name,
+                 dtype_name(c.io->compute), (long long)c.batch, (long long)s.h, (long long)s.w, s.scale, s.in_bytes);
+    first_case = false;
+    for (size_t i = 0; i < sample.plan.segments.size() && i < sample.segments.size(); ++i) {
+      const repsr_emu::LaunchRecord& l = sample.segments[i];
+      std::fprintf(f, "%s    %s", i ? ",\n" : "", segment_json(s, sample.plan.segments[i], l).c_str());
+      const uint64_t blocks = static_cast<uint64_t>(grid_blocks(sample.plan.segments[i].grid));
+      check(l.blocks_run == (sampled ? sampled_blocks(blocks) : blocks), "blocks run as filtered");
+    }
+    std::fprintf(f, "\n  ]}");
+  }
   std::fprintf(f, "\n]}\n");
   std::fclose(f);
+}
+
+// Every benchmark case, batch 1 and 8, sampled: benchmarks/gpu_model.py scales the counters of
+// the sampled blocks to the whole launch.
+void model_json(const char* path) {
+  std::vector<JsonCase> cases;
+  for (const BenchPreset& preset : kBenchPresets)
+    for (const BenchIo& io : kBenchIos)
+      for (int64_t batch : {int64_t{1}, int64_t{8}}) cases.push_back({&preset, &io, batch, kBenchH, kBenchW});
+  write_cases_json(path, cases, true);
+}
+
+// Small cases run whole, so that a profiler's totals on a GPU can be set beside the emulator's
+// (benchmarks/hardware_counters.py; python_tests/gpu_check.sh runs it under ncu): M4C16 in
+// every compute type and layout, M16C64 in float16 and float32, x4 from LR sizes whose plans
+// have edge tiles in both directions.
+void hardware_json(const char* path) {
+  std::vector<JsonCase> cases;
+  for (const BenchIo& io : kBenchIos) cases.push_back({&kBenchPresets[0], &io, 1, 90, 160});
+  cases.push_back({&kBenchPresets[0], &kBenchIos[1], 2, 37, 71});
+  cases.push_back({&kBenchPresets[3], &kBenchIos[0], 1, 30, 52});
+  cases.push_back({&kBenchPresets[3], &kBenchIos[1], 1, 30, 52});
+  write_cases_json(path, cases, false);
 }
 
 }  // namespace
@@ -837,10 +877,13 @@ int main(int argc, char** argv) {
     } else if (a == "--model-json" && i + 1 < argc) {
       model_json(argv[++i]);
       return report();
+    } else if (a == "--hardware-json" && i + 1 < argc) {
+      hardware_json(argv[++i]);
+      return report();
     }
     else if (a == "--case" && i + 1 < argc) filter = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites] [--model-json FILE]\n",
+      std::fprintf(stderr, "usage: %s [--quick] [--counters] [--case SUBSTRING] [--list] [--bench-counters] [--sites] [--model-json FILE] [--hardware-json FILE]\n",
                    argv[0]);
       return 2;
     }
