@@ -414,17 +414,22 @@ std::vector<Case> make_cases() {
     c.widths = {3, 16, 16, c.residual ? 12 : 8};  // 3 -> 2 channels without the residual
     each_dtype(c);
   }
-  // uint8 HWC in and out, float16 (the op's choice) and float32 compute.
-  for (DType compute : {DType::kFloat16, DType::kFloat32}) {
+  // uint8 HWC in and out (clamped), x4 to 3 channels, computed in `compute`.
+  const auto uint8_hwc = [](const char* label, int layers, int64_t n, int64_t h, int64_t w, DType compute) {
     Case c;
-    c.label = "uint8 hwc";
-    c.widths = chain(3, 16, 4, 48);
+    c.label = label;
+    c.widths = chain(3, 16, layers, 48);
     c.scale = 4;
-    c.n = 2, c.h = 12, c.w = 15;
+    c.n = n, c.h = h, c.w = w;
     c.in_layout = c.out_layout = Layout::kChannelsLast;
     c.in_dtype = DType::kUInt8;
     c.compute = compute;
     c.clamp = true;
+    return c;
+  };
+  // float16 (the op's choice) and float32 compute.
+  for (DType compute : {DType::kFloat16, DType::kFloat32}) {
+    Case c = uint8_hwc("uint8 hwc", 4, 2, 12, 15, compute);
     c.quick = compute == DType::kFloat16;
     add(c);
   }
@@ -450,15 +455,7 @@ std::vector<Case> make_cases() {
       }
     }
     for (DType compute : {DType::kFloat16, DType::kFloat32}) {  // uint8 HWC: 3 x 48-pixel rows of 144 bytes
-      Case c;
-      c.label = "tail stores";
-      c.widths = chain(3, 16, 3, 48);
-      c.scale = 4;
-      c.n = 1, c.h = 7, c.w = 12;
-      c.in_layout = c.out_layout = Layout::kChannelsLast;
-      c.in_dtype = DType::kUInt8;
-      c.compute = compute;
-      c.clamp = true;
+      Case c = uint8_hwc("tail stores", 3, 1, 7, 12, compute);
       c.out_shift = shift;
       c.sm_count = 4;
       c.vector_tail = shift == 0 && compute == DType::kFloat32;
