@@ -5,10 +5,10 @@
 // the emulator sees each access of each lane: bounds, initialization, races, bank conflicts and
 // sectors. Under nvcc they are the plain dereferences they look like.
 //
-// Predicated forms (ld_global_if, ld_shared_if, st_global_if, st_shared_if) are for accesses that only some lanes
-// of a warp make: the GPU runs them as one instruction with a predicate, and the emulator groups
-// them the same way (a plain `if (c) st_global(...)` makes its lanes' later requests misalign in
-// the emulator's counters, though its checks stay exact).
+// Predicated forms (ld_global_if, ld_shared_if, st_global_if, st_shared_if) are for accesses that
+// only some lanes of a warp make: the GPU runs them as one instruction with a predicate, and the
+// emulator groups them the same way (a plain `if (c) st_global(...)` makes its lanes' later
+// requests misalign in the emulator's counters, though its checks stay exact).
 #pragma once
 
 #include <cuda_bf16.h>

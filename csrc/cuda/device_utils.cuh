@@ -64,6 +64,18 @@ __device__ __forceinline__ uint32_t output_bits(DType dtype, float v) {
   return 0;
 }
 
+// Calls f(E{}) with E the unsigned integer type of `elem` bytes (1, 2, else 4): the tail's writers
+// move an output element's bits (output_bits) at the output's width.
+template <typename F>
+__device__ __forceinline__ void with_element_type(int elem, const F& f) {
+  if (elem == 1)
+    f(uint8_t{});
+  else if (elem == 2)
+    f(uint16_t{});
+  else
+    f(uint32_t{});
+}
+
 // ---- The tail epilogue (tiling.cuh, "Tail staging") ------------------------------------------------
 // Where the block's tail output tile is staged: the shared-memory buffer, its layout, the tile.
 struct TailTarget {
@@ -92,12 +104,10 @@ __device__ __forceinline__ void tail_stage_if(bool pred, const SegmentParams& p,
   if (p.clamp) v = fminf(fmaxf(v, 0.0f), 1.0f);
   const int off = pred ? tail_stage_offset(t.layout, p.scale, t.elem, co, py, px) : 0;
   const uint32_t bits = output_bits(p.out.dtype, v);
-  if (t.elem == 1)
-    st_shared_if(pred, reinterpret_cast<uint8_t*>(t.stage + off), static_cast<uint8_t>(bits));
-  else if (t.elem == 2)
-    st_shared_if(pred, reinterpret_cast<uint16_t*>(t.stage + off), static_cast<uint16_t>(bits));
-  else
-    st_shared_if(pred, reinterpret_cast<uint32_t*>(t.stage + off), bits);
+  with_element_type(t.elem, [&](auto e) {
+    using E = decltype(e);
+    st_shared_if(pred, reinterpret_cast<E*>(t.stage + off), static_cast<E>(bits));
+  });
 }
 
 // Element i, in memory order, of a tile's output of `rows` x (row_len / out_c or row_len)
@@ -225,12 +235,7 @@ __device__ void write_tail_staged(const SegmentParams& p, const TailTarget& t, c
 
 __device__ __forceinline__ void write_tail_stage(const SegmentParams& p, const TailTarget& t,
                                                  const TileCoord& tile) {
-  if (t.elem == 1)
-    write_tail_staged<uint8_t>(p, t, tile);
-  else if (t.elem == 2)
-    write_tail_staged<uint16_t>(p, t, tile);
-  else
-    write_tail_staged<uint32_t>(p, t, tile);
+  with_element_type(t.elem, [&](auto e) { write_tail_staged<decltype(e)>(p, t, tile); });
 }
 
 // The slope array is padded to the allocated channels, so every lane may load it: no divergence.

@@ -69,13 +69,7 @@ __device__ void f32_write_tail_as(const SegmentParams& p, const TileCoord& tile,
 
 __device__ void f32_write_tail(const SegmentParams& p, const TileCoord& tile, const F32PlaneLayout& l,
                                const float* plane) {
-  const int elem = dtype_bytes(p.out.dtype);
-  if (elem == 1)
-    f32_write_tail_as<uint8_t>(p, tile, l, plane);
-  else if (elem == 2)
-    f32_write_tail_as<uint16_t>(p, tile, l, plane);
-  else
-    f32_write_tail_as<uint32_t>(p, tile, l, plane);
+  with_element_type(dtype_bytes(p.out.dtype), [&](auto e) { f32_write_tail_as<decltype(e)>(p, tile, l, plane); });
 }
 
 // Layer j of the segment: one 3x3 conv + bias + activation from plane j (`in`) to plane j + 1

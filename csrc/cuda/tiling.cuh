@@ -304,10 +304,10 @@ struct F32PlaneLayout {
 // items run over f32_item_cols(cols - 2) columns) where that conv's warps wrap rows, else the conv
 // that writes it (planes 1..k: f32_item_cols(cols)); the map copies run in storage order. So the
 // middle plane of a two-layer 32- or 64-wide tile, whose reader never wraps, serves its writer.
-// A tail segment's plane k (`scale` > 0) is read back in the
-// output's order by f32_write_tail: 32 consecutive NCHW output elements of a row are
-// ceil(32 / r) tile pixels x r channels (co = .. + j, j = ox % r), so a channel stride of
-// ceil(32 / r) mod 32 words puts them in 32 different banks.
+// A tail segment's plane k (`scale` > 0) is read back in the output's order by f32_write_tail:
+// 32 consecutive NCHW output elements of a row are ceil(32 / r) tile pixels x r channels
+// (co = .. + j, j = ox % r), so a channel stride of ceil(32 / r) mod 32 words puts them in 32
+// different banks.
 REPSR_HD F32PlaneLayout f32_plane_layout(int k, int j, int th, int tw, int scale = 0) {
   const Plane p = segment_plane(k, j, th, tw, 0, 0);
   F32PlaneLayout l;
