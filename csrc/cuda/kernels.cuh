@@ -20,7 +20,7 @@ struct LayerDev {
   int32_t cin = 0, cout = 0;
   // float32 planes of this layer (f32_plane_layout), computed on the host: the conv sits at its
   // register cap, and reading them from the parameters costs no registers across its hot loop.
-  F32PlaneLayout f32_in{0, 0}, f32_out{0, 0};
+  F32PlaneLayout f32_in{}, f32_out{};
 };
 
 // One launch = layers [first, first + num_layers) of the chain over every tile of the batch.

@@ -2,7 +2,7 @@
 // tile's input with a halo of one pixel per layer of the segment into shared memory, runs the
 // segment's layers plane to plane in shared memory, and writes either the boundary map (NCHW fp32)
 // or, for the tail, the pixel-shuffled output. Planes are planar: [c][rows][pitch] floats
-// (f32_plane_layout: rows padded so that a warp's loads hit 32 banks).
+// (f32_plane_layout: rows and channel groups padded so that a warp's accesses hit 32 banks).
 #include "device_utils.cuh"
 
 namespace repsr {
@@ -10,7 +10,7 @@ namespace cuda {
 namespace {
 
 // Plane 0 from the image (any dtype and strides) or from the previous segment's map; zero outside
-// the image (layer 0's padding). In storage order, row padding included (written as zeros, never
+// the image (layer 0's padding). In storage order, padding included (written as zeros, never
 // read), so a warp's stores are 32 consecutive words; a warp reads along an image row.
 __device__ void f32_load_plane(const SegmentParams& p, int64_t n, const Plane& pl, const F32PlaneLayout& l,
                                int channels, float* dst) {
@@ -19,19 +19,19 @@ __device__ void f32_load_plane(const SegmentParams& p, int64_t n, const Plane& p
     const int c = i / l.channel_stride, pix = i - c * l.channel_stride;
     const int py = pix / l.pitch, px = pix - py * l.pitch;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = px < pl.cols && in_image(y, x, p.height, p.width);
+    const bool inside = px < pl.cols && py < pl.rows && in_image(y, x, p.height, p.width);
     const float v =
         p.from_image
             ? load_image_if(inside, p.image, n, c, y, x)
             : ld_global_if(inside, map + (inside ? f32_map_offset(n, c, y, x, p.height, p.width, channels) : 0),
                            0.0f);
-    st_shared(dst + i, v);
+    st_shared(dst + l.offset(c) + pix, v);
   }
 }
 
 // The segment's output plane (exactly the tile) to the boundary map, in-image pixels only. In
-// storage order: a lane on row padding reads its row's last pixel (a word its neighbour reads too:
-// one broadcast, no extra wavefront) and stores nothing.
+// storage order: a lane on row or channel padding reads its row's (or plane's) last pixel (a word
+// its neighbour reads too: one broadcast, no extra wavefront) and stores nothing.
 __device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl, const F32PlaneLayout& l,
                               int channels, const float* src) {
   float* map = static_cast<float*>(p.map_out);
@@ -39,8 +39,8 @@ __device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl
     const int c = i / l.channel_stride, pix = i - c * l.channel_stride;
     const int py = pix / l.pitch, px = pix - py * l.pitch;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = px < pl.cols && in_image(y, x, p.height, p.width);
-    const float v = ld_shared(src + c * l.channel_stride + py * l.pitch + imin(px, pl.cols - 1));
+    const bool inside = px < pl.cols && py < pl.rows && in_image(y, x, p.height, p.width);
+    const float v = ld_shared(src + l.offset(c) + imin(py, pl.rows - 1) * l.pitch + imin(px, pl.cols - 1));
     st_global_if(inside, map + (inside ? f32_map_offset(n, c, y, x, p.height, p.width, channels) : 0), v);
   }
 }
@@ -56,7 +56,7 @@ __device__ void f32_write_tail_as(const SegmentParams& p, const TileCoord& tile,
   const auto element_at = [&](bool pred, int c, int oy, int ox) -> uint32_t {
     const int y = oy / r, x = ox / r;
     const int co = (c * r + (oy - y * r)) * r + (ox - x * r);
-    float v = ld_shared_if(pred, plane + co * l.channel_stride + y * l.pitch + x, 0.0f);
+    float v = ld_shared_if(pred, plane + l.offset(co) + y * l.pitch + x, 0.0f);
     if (p.residual) v += load_image_if(pred, p.image, tile.n, c, tile.y0 + y, tile.x0 + x);
     if (p.clamp) v = fminf(fmaxf(v, 0.0f), 1.0f);
     return output_bits(p.out.dtype, v);
@@ -151,6 +151,7 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
     const bool col_ok = x < pout.cols;
     const bool col_inside = pout.x0 + x >= 0 && pout.x0 + x < p.width;
     const int out_pitch = layer.f32_out.pitch, out_cs = layer.f32_out.channel_stride;
+    float* const out_group = out + co0 / kF32Couts * layer.f32_out.group_stride;  // F32PlaneLayout::offset
 #pragma unroll
     for (int r = 0; r < kF32Rows; ++r) {
       const int y = y0 + r;
@@ -163,7 +164,7 @@ __device__ __noinline__ void f32_conv_layer(const SegmentParams& p, int j, float
         const float v = activate(acc[r][c] + __ldg(layer.bias + co), layer.slope, co);
         // Outside the image: the next layer's zero padding (the tail's plane is read only inside).
         const bool padding = !tail && !inside;
-        st_shared_if(ok, out + (ok ? co * out_cs + y * out_pitch + x : 0), padding ? 0.0f : v);
+        st_shared_if(ok, ok ? out_group + c * out_cs + y * out_pitch + x : out, padding ? 0.0f : v);
       }
     }
   }

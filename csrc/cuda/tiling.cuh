@@ -281,7 +281,7 @@ REPSR_HD int64_t tc_units(int cout, int rows, int cols, bool tail = false) {
   return m_blocks * (tc_cout_alloc(cout) / (8 * tc_warp_ntiles(cout)));
 }
 
-// float32 planes: [c][rows][pitch] floats, channel c at c * channel_stride. A conv layer's thread
+// float32 planes: [c][rows][pitch] floats, channel c at F32PlaneLayout::offset(c). A conv layer's thread
 // items run x-fastest over `item_cols` columns, then over groups of kF32Rows rows, so where a warp
 // wraps from the end of one group's row to the start of the next group's (kF32Rows rows down) the
 // address advances by kF32Rows * pitch - item_cols + 1: with kF32Rows * pitch = item_cols (mod 32)
@@ -294,20 +294,42 @@ REPSR_HD int f32_row_pitch(int cols, int item_cols) {
   return cols + ((want - cols % 8) % 8 + 8) % 8;
 }
 
+// Where a float32 conv's warp spans two groups of kF32Couts output channels (items per group not a
+// multiple of 32, e.g. the 12x28 tails: 84), the second group's items start over at row 0 of the
+// plane, in the same banks as the first group's. The stores are spread by the plane's layout: the
+// conv stores channel c of group g at g * group_stride + c * channel_stride, and group_stride =
+// items per group (mod 32) puts each lane's word in bank lane + const across the groups of a warp.
+// That skew is given to the last plane of a segment only (read by f32_write_tail / f32_store_map):
+// a plane a conv reads keeps group_stride = kF32Couts * channel_stride, so its loop steps by one
+// channel stride. The loads would need the groups of a warp to read different input channels
+// (every group reading the same channel cannot be spread by any layout: each group's items leave
+// the same 20 banks doubly used); csrc/cuda/README.md says why that is not done.
 struct F32PlaneLayout {
-  int pitch;           // floats per row
-  int channel_stride;  // floats per channel
-  REPSR_HD int64_t bytes(int channels) const { return int64_t{channels} * channel_stride * 4; }
+  int pitch = 0;           // floats per row
+  int channel_stride = 0;  // floats from channel c to c + 1 of one group of kF32Couts
+  int group_stride = 0;    // floats from channel c to c + kF32Couts
+  REPSR_HD int offset(int c) const { return (c / kF32Couts) * group_stride + (c % kF32Couts) * channel_stride; }
+  REPSR_HD int64_t bytes(int channels) const {
+    return channels > 0 ? (int64_t{offset(channels - 1)} + channel_stride) * 4 : 0;
+  }
 };
+
+// The bank step from one channel group's items to the next of a conv whose output plane is rows x
+// cols: its items per group mod 32 (0: its warps never span two groups).
+REPSR_HD int f32_group_bank_step(int rows, int cols) {
+  return static_cast<int>((ceil_div(rows, kF32Rows) * f32_item_cols(cols)) % 32);
+}
 
 // Plane j of a k-layer float32 segment. Its pitch serves the conv that reads it (planes 0..k-1: its
 // items run over f32_item_cols(cols - 2) columns) where that conv's warps wrap rows, else the conv
 // that writes it (planes 1..k: f32_item_cols(cols)); the map copies run in storage order. So the
 // middle plane of a two-layer 32- or 64-wide tile, whose reader never wraps, serves its writer.
+// Plane k's group stride is skewed for its writer where the pitch serves that writer (above).
 // A tail segment's plane k (`scale` > 0) is read back in the output's order by f32_write_tail:
 // 32 consecutive NCHW output elements of a row are ceil(32 / r) tile pixels x r channels
 // (co = .. + j, j = ox % r), so a channel stride of ceil(32 / r) mod 32 words puts them in 32
-// different banks.
+// different banks; the group skew keeps them there where r divides kF32Couts (r channels of one
+// group), so x3 tails go without it.
 REPSR_HD F32PlaneLayout f32_plane_layout(int k, int j, int th, int tw, int scale = 0) {
   const Plane p = segment_plane(k, j, th, tw, 0, 0);
   F32PlaneLayout l;
@@ -319,6 +341,12 @@ REPSR_HD F32PlaneLayout f32_plane_layout(int k, int j, int th, int tw, int scale
   if (j == k && scale > 1) {
     const int want = ((32 + scale - 1) / scale) % 32;
     l.channel_stride += ((want - l.channel_stride % 32) % 32 + 32) % 32;
+  }
+  l.group_stride = kF32Couts * l.channel_stride;
+  const bool writer_linear = j > 0 && (kF32Rows * l.pitch - writer_cols) % 32 == 0;
+  if (j == k && writer_linear && (scale <= 1 || kF32Couts % scale == 0)) {
+    const int want = f32_group_bank_step(p.rows, p.cols);
+    if (want != 0) l.group_stride += ((want - l.group_stride % 32) % 32 + 32) % 32;
   }
   return l;
 }

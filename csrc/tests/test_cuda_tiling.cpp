@@ -690,30 +690,34 @@ void test_tc_plane_banks() {
 
 // Bank conflicts of the float32 kernel's shared accesses by the emulator's bank model
 // (f32_plane_layout, f32_item_cols): conv j of a k-layer segment loads 6 rows x 3 taps per item from
-// plane j and stores its epilogue into plane j + 1. Conflict-free, in every warp that stays inside
-// one channel group (a warp that crosses into the next group jumps back to row 0, and a partial
-// last row group reads clamped rows; both are in the reported ratio), wherever the output plane's
-// height is a multiple of 4 and: one-layer segments, a width multiple of 4 or >= 32 (items padded
-// to a multiple of 4 from 32 columns); the first conv of a
-// two-layer segment (its output, the middle plane, is tw + 2 wide: items padded to a multiple of
-// 4, the plane's pitch serving its writer), tw a multiple of 32; the second conv as a one-layer
-// segment's (the middle plane's pitch serves it first where its warps wrap). The tail read-back in NCHW
-// output order is conflict-free for x2, x3 and x4 wherever a warp stays in one output row. Other
-// shapes are reported.
+// plane j and stores its epilogue into plane j + 1. Conflict-free wherever the output plane's
+// height is a multiple of 4 (a partial last row group reads clamped rows; in the reported ratio)
+// and: one-layer segments, a width multiple of 4 or >= 32 (items padded to a multiple of 4 from 32
+// columns); the first conv of a two-layer segment (its output, the middle plane, is tw + 2 wide:
+// items padded to a multiple of 4, the plane's pitch serving its writer), tw a multiple of 32; the
+// second conv as a one-layer segment's (the middle plane's pitch serves it first where its warps
+// wrap). Loads: in warps inside one channel group (a warp spanning two reads one channel at two
+// places that share banks: in the ratio). Stores into a segment's last plane: in every warp (the
+// group skew; x2 / x4 tails too), into a middle plane: in warps inside one group. The tail
+// read-back in NCHW output order is conflict-free for x2, x3 and x4 wherever a warp stays in one
+// output row. Other shapes are reported.
 void test_f32_plane_banks() {
   bool loads_free = true, stores_free = true, tail_free = true;
   std::string where;
   uint64_t waves[2] = {0, 0}, ideal[2] = {0, 0};  // [conflict-free expected]
   const auto cost_of = [](const repsr_emu::WarpRequest& req) { return repsr_emu::shared_cost(req); };
-  const auto conv = [&](int k, int j, int th, int tw, int cout, bool loads_fixable, bool stores_fixable) {
-    const F32PlaneLayout lin = f32_plane_layout(k, j, th, tw), lout = f32_plane_layout(k, j + 1, th, tw);
+  const auto conv = [&](int k, int j, int th, int tw, int cout, int scale, bool loads_fixable, bool stores_fixable) {
+    const F32PlaneLayout lin = f32_plane_layout(k, j, th, tw);
+    const F32PlaneLayout lout = f32_plane_layout(k, j + 1, th, tw, j + 1 == k ? scale : 0);
     const Plane pin = segment_plane(k, j, th, tw, 0, 0), pout = segment_plane(k, j + 1, th, tw, 0, 0);
     const int rows_out = pout.rows, cols_out = pout.cols, item_cols = f32_item_cols(cols_out);
     const int row_groups = static_cast<int>(ceil_div(rows_out, kF32Rows));
     const int64_t items = f32_items(cout, rows_out, cols_out), per_group = int64_t{row_groups} * item_cols;
     const bool full_groups = rows_out % kF32Rows == 0;
+    const bool stores_across = j + 1 == k;  // the last plane's group skew
     const std::string shape = " k " + std::to_string(k) + " conv " + std::to_string(j) + ", output " +
-                              std::to_string(rows_out) + "x" + std::to_string(cols_out) + ")";
+                              std::to_string(rows_out) + "x" + std::to_string(cols_out) + ", " +
+                              std::to_string(cout) + " channels)";
     for (int64_t w0 = 0; w0 < items; w0 += 32) {
       const bool one_group = w0 / per_group == std::min(w0 + 31, items - 1) / per_group;
       for (int r = 0; r < kF32Rows + 2; ++r)
@@ -727,7 +731,7 @@ void test_f32_plane_banks() {
             const int x = std::min(static_cast<int>(item % item_cols), cols_out - 1);
             const int rest = static_cast<int>(item / item_cols), y0 = (rest % row_groups) * kF32Rows;
             const int off = std::min(y0 * lin.pitch + x + r * lin.pitch, (pin.rows - 1) * lin.pitch + x) + kx;
-            req.addr[lane] = static_cast<uint64_t>(4 * off);
+            req.addr[lane] = static_cast<uint64_t>(4 * off);  // every lane: the same input channel
           }
           const repsr_emu::SharedCost c = cost_of(req);
           const bool expect = loads_fixable && full_groups;
@@ -748,11 +752,12 @@ void test_f32_plane_banks() {
           const int y = (rest % row_groups) * kF32Rows + r, co = (rest / row_groups) * kF32Couts;
           if (y >= rows_out || x >= cols_out) continue;
           req.active |= 1u << lane;
-          req.addr[lane] = static_cast<uint64_t>(4 * (co * lout.channel_stride + y * lout.pitch + x));
+          req.addr[lane] = static_cast<uint64_t>(4 * (lout.offset(co) + y * lout.pitch + x));
         }
         if (!req.active) continue;
         const repsr_emu::SharedCost c = cost_of(req);
-        if (stores_fixable && full_groups && one_group && c.wavefronts != c.ideal && stores_free) {
+        if (stores_fixable && full_groups && (one_group || stores_across) && c.wavefronts != c.ideal &&
+            stores_free) {
           stores_free = false;
           where += " (stores:" + shape;
         }
@@ -763,10 +768,16 @@ void test_f32_plane_banks() {
     for (int tw = 1; tw <= 72; ++tw)
       for (int th : {4, 6, 8, 12, 16, 24}) {
         const bool padded_or_multiple = tw % 4 == 0 || tw >= 32;  // f32_item_cols pads from 32 columns
-        conv(1, 0, th, tw, cout, padded_or_multiple, padded_or_multiple);
-        conv(2, 0, th, tw, cout, tw % 32 == 0, tw % 32 == 0);
-        conv(2, 1, th, tw, cout, padded_or_multiple, padded_or_multiple);
+        conv(1, 0, th, tw, cout, 0, padded_or_multiple, padded_or_multiple);
+        conv(2, 0, th, tw, cout, 0, tw % 32 == 0, tw % 32 == 0);
+        conv(2, 1, th, tw, cout, 0, padded_or_multiple, padded_or_multiple);
       }
+  for (int tw = 1; tw <= 72; ++tw)
+    for (int th : {4, 6, 8, 12, 16, 24}) {
+      const bool padded_or_multiple = tw % 4 == 0 || tw >= 32;
+      conv(1, 0, th, tw, 48, 4, padded_or_multiple, padded_or_multiple);  // x4 RGB tails
+      conv(1, 0, th, tw, 12, 2, padded_or_multiple, padded_or_multiple);  // x2
+    }
   for (int r : {2, 3, 4})
     for (int tw = 1; tw <= 40; ++tw)
       for (int th : {3, 8, 16}) {
@@ -780,7 +791,7 @@ void test_f32_plane_banks() {
               for (int lane = 0; lane < 32; ++lane) {
                 const int ox = ox0 + lane, y = oy / r, x = ox / r;
                 const int co = (c * r + oy % r) * r + ox % r;
-                req.addr[lane] = static_cast<uint64_t>(4 * (co * l.channel_stride + y * l.pitch + x));
+                req.addr[lane] = static_cast<uint64_t>(4 * (l.offset(co) + y * l.pitch + x));
               }
               const repsr_emu::SharedCost cost = cost_of(req);
               if (cost.wavefronts != cost.ideal && tail_free) {
@@ -803,6 +814,32 @@ void test_f32_plane_banks() {
                   (item % 32 == 0 || item % kF32Rows != 0 ? pitch == cols : (kF32Rows * pitch - item) % 32 == 0);
     }
   check(layout_ok, "f32_row_pitch: >= the plane width, < 8 floats of padding, 4 pitch = width (mod 32) where it can");
+  // Channel and group strides: at most 31 floats of padding each; a plane a conv reads has uniform
+  // strides (its loop steps by one channel stride); a skewed last plane steps from group to group
+  // by its writer's bank step.
+  bool strides_ok = true;
+  int skewed = 0;
+  for (int k = 1; k <= 2; ++k)
+    for (int j = 0; j <= k; ++j)
+      for (int th : {3, 8, 12, 16})
+        for (int tw = 1; tw <= 70; ++tw)
+          for (int scale : {0, 2, 3, 4}) {
+            if (scale != 0 && j != k) continue;
+            const F32PlaneLayout l = f32_plane_layout(k, j, th, tw, scale);
+            const Plane p = segment_plane(k, j, th, tw, 0, 0);
+            const int dense = p.rows * l.pitch, uniform = kF32Couts * l.channel_stride;
+            strides_ok = strides_ok && l.channel_stride >= dense && l.channel_stride < dense + 32 &&
+                         l.group_stride >= uniform && l.group_stride < uniform + 32 &&
+                         (j == k || l.group_stride == uniform) && l.bytes(3) == int64_t{4} * 3 * l.channel_stride &&
+                         l.bytes(16) == int64_t{4} * (l.group_stride + uniform);
+            if (l.group_stride != uniform) {
+              ++skewed;
+              strides_ok = strides_ok && scale != 3 && l.group_stride % 32 == f32_group_bank_step(p.rows, p.cols);
+            }
+          }
+  check(strides_ok && skewed > 0,
+        "f32_plane_layout: channel / group strides padded by < 32 floats, uniform where a conv reads, the "
+        "last plane's groups a bank step apart (" + std::to_string(skewed) + " skewed)");
 }
 
 void test_channel_layouts() {
