@@ -3,7 +3,9 @@
 The model (benchmarks/gpu_model.py) and the kernels' tuning rest on the CUDA emulator's counts of
 shared-memory requests and wavefronts, ldmatrix, and global requests and sectors. On a GPU,
 Nsight Compute measures the same quantities; this script runs the emulator's cases there and sets
-the two side by side, launch by launch.
+the two side by side, launch by launch, and prints where each launch's time goes (issue slots,
+FMA / tensor pipe, shared memory, L1 and DRAM as % of their peaks): the measure of whether a
+change that trades instructions for shared-memory wavefronts would pay.
 
     # here (no GPU): the emulator's counts, every block of some small cases
     build/cmake/csrc/cuda/emulation/test_cuda_emulated_plain --hardware-json benchmarks/hardware_counters_emulated.json
@@ -41,6 +43,21 @@ METRICS = {
     ("global_store", "requests"): "l1tex__t_requests_pipe_lsu_mem_global_op_st.sum",
     ("global_store", "sectors"): "l1tex__t_sectors_pipe_lsu_mem_global_op_st.sum",
 }
+# Where each launch's time goes (no emulator counterpart; printed beside the comparison): which
+# unit bounds a kernel -- instruction issue, the FMA or tensor pipe, shared memory, L1, HBM --
+# is what decides whether a fix that trades instructions for shared wavefronts pays (the float32
+# tails: csrc/cuda/README.md, "Not done / limits"). Percentages of the unit's sustained peak.
+UTILIZATION = {
+    "issue": "sm__inst_issued.avg.pct_of_peak_sustained_active",
+    "fma pipe": "sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active",
+    "tensor pipe": "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active",
+    "shared wavefronts": "l1tex__data_pipe_lsu_wavefronts_mem_shared.avg.pct_of_peak_sustained_elapsed",
+    "L1": "l1tex__throughput.avg.pct_of_peak_sustained_active",
+    "DRAM": "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+}
+DURATION_METRIC = "gpu__time_duration.sum"
+TIME_UNITS_US = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3,
+                 "second": 1e6, "s": 1e6}
 GRID_METRIC = "launch__grid_size"
 SMEM_METRIC = "launch__shared_mem_per_block_dynamic"
 KERNEL_PATTERN = "segment_"
@@ -105,8 +122,8 @@ def _number(text: str) -> float | None:
 
 
 def read_ncu_csv(path: Path) -> list[dict]:
-    """The profiled launches of `ncu --import R --csv --page raw`, in order: kernel name and the
-    numeric metrics (a units row, if any, is skipped)."""
+    """The profiled launches of `ncu --import R --csv --page raw`, in order: kernel name, the
+    numeric metrics and, under "units", the units row's entries (if there is one)."""
     try:
         lines = Path(path).read_text(errors="replace").splitlines()
     except OSError as e:
@@ -114,13 +131,14 @@ def read_ncu_csv(path: Path) -> list[dict]:
     start = next((i for i, line in enumerate(lines) if line.startswith('"ID"')), None)
     if start is None:
         raise SystemExit(f"{path}: no ncu raw CSV header (a line starting with \"ID\") found")
-    launches = []
+    launches, units = [], {}
     for row in csv.DictReader(lines[start:]):
         name = row.get("Kernel Name") or row.get("Function Name") or ""
         if not row.get("ID", "").strip().isdigit():
-            continue  # the units row
+            units = {k: v.strip() for k, v in row.items() if k and v and v.strip()}  # the units row
+            continue
         values = {k: _number(v) for k, v in row.items() if k and v is not None}
-        launches.append({"kernel": name, **{k: v for k, v in values.items() if v is not None}})
+        launches.append({"kernel": name, "units": units, **{k: v for k, v in values.items() if v is not None}})
     return launches
 
 
@@ -159,6 +177,42 @@ def compare(cases: list[dict], sampled: bool, launches: list[dict]) -> list[dict
     return rows
 
 
+def utilization(cases: list[dict], launches: list[dict]) -> list[dict]:
+    """One row per segment launch: its duration in microseconds and the UTILIZATION percentages
+    (None where the profile lacks the metric), and the busiest unit."""
+    launches = [launch for launch in launches if KERNEL_PATTERN in launch["kernel"]]
+    segments = [(case, index, segment) for case in cases for index, segment in enumerate(case["segments"])]
+    if len(launches) != len(segments):
+        raise SystemExit(f"the profile has {len(launches)} {KERNEL_PATTERN}* launches, the cases {len(segments)}")
+    rows = []
+    for (case, index, segment), launch in zip(segments, launches):
+        duration = launch.get(DURATION_METRIC)
+        unit = launch.get("units", {}).get(DURATION_METRIC, "nsecond")
+        if duration is not None:
+            if unit not in TIME_UNITS_US:
+                raise SystemExit(f"{DURATION_METRIC}: unknown unit {unit!r}")
+            duration *= TIME_UNITS_US[unit]
+        values = {name: launch.get(metric) for name, metric in UTILIZATION.items()}
+        known = {k: v for k, v in values.items() if v is not None}
+        rows.append({"case": case_name(case), "segment": index, "layers": segment["last"] - segment["first"],
+                     "tile": f"{segment['th']}x{segment['tw']}", "kernel": launch["kernel"], "duration_us": duration,
+                     **values, "busiest": max(known, key=known.get) if known else None})
+    return rows
+
+
+def utilization_table(rows: list[dict]) -> str:
+    names = list(UTILIZATION)
+    out = ["Where the time goes (% of each unit's sustained peak, ncu):", "",
+           "| case | segment | us | " + " | ".join(names) + " | busiest |",
+           "|---|---|---|" + "---|" * len(names) + "---|"]
+    for r in rows:
+        us = "-" if r["duration_us"] is None else f"{r['duration_us']:.1f}"
+        cells = ["-" if r[n] is None else f"{r[n]:.0f}" for n in names]
+        out.append(f"| {r['case']} | {r['segment']}: {r['layers']}@{r['tile']} | {us} | " + " | ".join(cells) +
+                   f" | {r['busiest'] or '-'} |")
+    return "\n".join(out)
+
+
 def table(rows: list[dict], sampled: bool) -> str:
     basis = "emulator scaled from its sampled blocks (the model's inputs)" if sampled else "emulator, every block"
     out = [f"hardware / {basis}; '!' where the ratio is off by more than {TOLERANCE:.0%} or the metric is missing",
@@ -187,16 +241,20 @@ def main(argv: list[str]) -> int:
     p_cmp.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args(argv)
     if args.command == "metrics":
-        print(",".join([GRID_METRIC, SMEM_METRIC, *METRICS.values()]))
+        print(",".join([GRID_METRIC, SMEM_METRIC, *METRICS.values(), DURATION_METRIC, *UTILIZATION.values()]))
         return 0
     cases, sampled = load_cases(args.cases_json, args.cases)
     if args.command == "run":
         run_cases(cases)
         return 0
-    rows = compare(cases, sampled, read_ncu_csv(args.ncu_csv))
+    launches = read_ncu_csv(args.ncu_csv)
+    rows, busy = compare(cases, sampled, launches), utilization(cases, launches)
     print(table(rows, sampled))
+    print()
+    print(utilization_table(busy))
     if args.json:
-        args.json.write_text(json.dumps({"sampled": sampled, "tolerance": TOLERANCE, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"sampled": sampled, "tolerance": TOLERANCE, "rows": rows,
+                                         "utilization": busy}, indent=1))
     return 0
 
 

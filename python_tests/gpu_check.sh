@@ -174,8 +174,10 @@ EOF
 
   # ---- 7. Hardware counters beside the emulator's (benchmarks/hardware_counters.py) ----------------
   # The emulator's small whole-run cases (totals must agree) and the benchmark cases at batch 1 in
-  # float16 (the model's scaled samples). Metrics this ncu does not know are left out (and said);
-  # clocks left as they are (--clock-control none). RUN_COUNTERS=0 skips the step.
+  # float16 plus M4C16 in float32 (its 12x28 tail; the model's scaled samples), each launch with
+  # where its time goes (issue, FMA / tensor pipe, shared memory, L1, DRAM). Metrics this ncu does
+  # not know are left out (and said); clocks left as they are (--clock-control none).
+  # RUN_COUNTERS=0 skips the step.
   if [ "${RUN_COUNTERS:-1}" != "1" ]; then
     skip_step "hardware counters" "RUN_COUNTERS=0"
   elif ! command -v ncu >/dev/null 2>&1; then
@@ -185,11 +187,11 @@ EOF
       local known wanted="" m
       known=$(ncu --query-metrics 2>/dev/null || true)
       for m in $("$PYTHON" benchmarks/hardware_counters.py metrics | tr , ' '); do
-        if [ -z "$known" ] || grep -qw "${m%.*}" <<<"$known"; then wanted+="${wanted:+,}$m"; else echo "ncu does not know $m: left out"; fi
+        if [ -z "$known" ] || grep -qw "${m%%.*}" <<<"$known"; then wanted+="${wanted:+,}$m"; else echo "ncu does not know $m: left out"; fi
       done
       local name json filter rc=0
       for name in small benchmark; do
-        if [ "$name" = small ]; then json=benchmarks/hardware_counters_emulated.json filter=.; else json=benchmarks/gpu_model_counters.json filter=' f16 nchw b1 '; fi
+        if [ "$name" = small ]; then json=benchmarks/hardware_counters_emulated.json filter=.; else json=benchmarks/gpu_model_counters.json filter=' f16 nchw b1 |^M4C16 f32 nchw b1 '; fi
         echo "-- $name: $json, cases matching '$filter'"
         timeout 240 ncu --clock-control none --kernel-name regex:segment_ --metrics "$wanted" \
           --export "$LOG_DIR/counters_$name" --force-overwrite \

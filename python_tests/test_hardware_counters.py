@@ -21,14 +21,15 @@ hc = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(hc)
 
 
-def ncu_csv(launches: list[dict], metrics: list[str], thousands: bool = True) -> str:
+def ncu_csv(launches: list[dict], metrics: list[str], thousands: bool = True, units: dict | None = None) -> str:
     """A raw page as `ncu --import R --csv --page raw` prints it: a header, a units row, a row per launch."""
     out = io.StringIO()
     w = csv.writer(out, quoting=csv.QUOTE_ALL)
     w.writerow(["ID", "Process ID", "Kernel Name", "Grid Size", *metrics])
-    w.writerow(["", "", "", "", *["" for _ in metrics]])
+    w.writerow(["", "", "", "", *[(units or {}).get(m, "") for m in metrics]])
     for i, launch in enumerate(launches):
-        values = [f"{launch[m]:,.0f}" if thousands else f"{launch[m]:.0f}" for m in metrics]
+        values = [(f"{launch[m]:,.0f}" if thousands else f"{launch[m]:.0f}") if float(launch[m]).is_integer()
+                  else f"{launch[m]:.2f}" for m in metrics]
         w.writerow([str(i), "4242", launch["kernel"], "(120, 1, 1)", *values])
     return "==PROF== Disconnected\n" + out.getvalue()
 
@@ -117,6 +118,39 @@ def test_missing_metric_is_flagged_and_bad_files_are_named(tmp_path):
         hc.load_cases(EMULATED, "no such case")
     with pytest.raises(SystemExit, match="no ncu raw CSV header"):
         hc.read_ncu_csv(bad)
+
+
+@pytest.mark.parametrize("unit, to_us", [("nsecond", 1e-3), ("usecond", 1.0), ("msecond", 1e3)])
+def test_utilization_rows_name_the_busiest_unit(tmp_path, unit, to_us):
+    cases, _ = hc.load_cases(EMULATED)
+    rng = random.Random(11)
+    launches = profile_from(cases, {})
+    names = list(hc.UTILIZATION)
+    truth = []
+    for launch in launches:
+        pct = {n: round(rng.uniform(1, 99), 2) for n in names}
+        duration = float(rng.randint(1000, 90000))
+        launch.update({hc.UTILIZATION[n]: v for n, v in pct.items()}, **{hc.DURATION_METRIC: duration})
+        truth.append((pct, duration))
+    dropped = names[2]  # a metric this ncu would not know: left out of the profile
+    metrics = [hc.GRID_METRIC, hc.SMEM_METRIC, *hc.METRICS.values(), hc.DURATION_METRIC,
+               *[hc.UTILIZATION[n] for n in names if n != dropped]]
+    path = tmp_path / "raw.csv"
+    path.write_text(ncu_csv(launches, metrics, units={hc.DURATION_METRIC: unit}))
+    rows = hc.utilization(cases, hc.read_ncu_csv(path))
+    assert len(rows) == len(launches)
+    for row, (pct, duration) in zip(rows, truth):
+        assert row["duration_us"] == pytest.approx(duration * to_us)
+        assert row[dropped] is None
+        kept = {n: v for n, v in pct.items() if n != dropped}
+        for n, v in kept.items():
+            assert row[n] == pytest.approx(v)
+        assert row["busiest"] == max(kept, key=kept.get)
+    text = hc.utilization_table(rows)
+    assert text.count("\n| ") == len(rows) + 1 and f"| {rows[0]['busiest']} |" in text
+    path.write_text(ncu_csv(launches, metrics, units={hc.DURATION_METRIC: "cycle"}))
+    with pytest.raises(SystemExit, match="unknown unit 'cycle'"):
+        hc.utilization(cases, hc.read_ncu_csv(path))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
