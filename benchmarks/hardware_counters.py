@@ -142,34 +142,37 @@ def read_ncu_csv(path: Path) -> list[dict]:
     return launches
 
 
+def segment_launches(cases: list[dict], launches: list[dict]) -> list[tuple[dict, dict, dict]]:
+    """(segment, its profiled launch, where: case / segment / layers / tile / kernel) for every
+    segment of the cases, in order; the profile must hold exactly one segment launch for each."""
+    launches = [launch for launch in launches if KERNEL_PATTERN in launch["kernel"]]
+    segments = [(case, index, segment) for case in cases for index, segment in enumerate(case["segments"])]
+    if len(launches) != len(segments):
+        raise SystemExit(
+            f"the profile has {len(launches)} {KERNEL_PATTERN}* launches, the cases {len(segments)}: "
+            "were `run` and `compare` given the same cases file and --cases?")
+    return [(segment, launch, {"case": case_name(case), "segment": index, "layers": segment["last"] - segment["first"],
+                               "tile": f"{segment['th']}x{segment['tw']}", "kernel": launch["kernel"]})
+            for (case, index, segment), launch in zip(segments, launches)]
+
+
 def compare(cases: list[dict], sampled: bool, launches: list[dict]) -> list[dict]:
     """Rows: one per case, segment and counter, with the emulator's count (scaled to the launch
     when sampled), the hardware's and their ratio."""
-    launches = [launch for launch in launches if KERNEL_PATTERN in launch["kernel"]]
-    expected = sum(len(c["segments"]) for c in cases)
-    if len(launches) != expected:
-        raise SystemExit(
-            f"the profile has {len(launches)} {KERNEL_PATTERN}* launches, the cases {expected}: "
-            "were `run` and `compare` given the same cases file and --cases?")
-    rows, i = [], 0
-    for case in cases:
-        for index, segment in enumerate(case["segments"]):
-            launch = launches[i]
-            i += 1
-            scale_up = segment["blocks"] / max(1, segment["sampled_blocks"]) if sampled else 1.0
-            where = {"case": case_name(case), "segment": index, "layers": segment["last"] - segment["first"],
-                     "tile": f"{segment['th']}x{segment['tw']}", "kernel": launch["kernel"]}
-            for counter, emulated in (("blocks", segment["blocks"]), ("smem", segment["smem"])):
-                metric = GRID_METRIC if counter == "blocks" else SMEM_METRIC
-                rows.append({**where, "counter": counter, "emulator": float(emulated),
-                             "hardware": launch.get(metric), "metric": metric})
-            for (group, field), metric in METRICS.items():
-                emulated = segment[group][field] * scale_up
-                hardware = launch.get(metric)
-                if hardware is None and emulated == 0:
-                    continue
-                rows.append({**where, "counter": f"{group}.{field}", "emulator": emulated, "hardware": hardware,
-                             "metric": metric})
+    rows = []
+    for segment, launch, where in segment_launches(cases, launches):
+        scale_up = segment["blocks"] / max(1, segment["sampled_blocks"]) if sampled else 1.0
+        for counter, emulated in (("blocks", segment["blocks"]), ("smem", segment["smem"])):
+            metric = GRID_METRIC if counter == "blocks" else SMEM_METRIC
+            rows.append({**where, "counter": counter, "emulator": float(emulated),
+                         "hardware": launch.get(metric), "metric": metric})
+        for (group, field), metric in METRICS.items():
+            emulated = segment[group][field] * scale_up
+            hardware = launch.get(metric)
+            if hardware is None and emulated == 0:
+                continue
+            rows.append({**where, "counter": f"{group}.{field}", "emulator": emulated, "hardware": hardware,
+                         "metric": metric})
     for row in rows:
         e, h = row["emulator"], row["hardware"]
         row["ratio"] = None if h is None or e == 0 else h / e
@@ -180,12 +183,8 @@ def compare(cases: list[dict], sampled: bool, launches: list[dict]) -> list[dict
 def utilization(cases: list[dict], launches: list[dict]) -> list[dict]:
     """One row per segment launch: its duration in microseconds and the UTILIZATION percentages
     (None where the profile lacks the metric), and the busiest unit."""
-    launches = [launch for launch in launches if KERNEL_PATTERN in launch["kernel"]]
-    segments = [(case, index, segment) for case in cases for index, segment in enumerate(case["segments"])]
-    if len(launches) != len(segments):
-        raise SystemExit(f"the profile has {len(launches)} {KERNEL_PATTERN}* launches, the cases {len(segments)}")
     rows = []
-    for (case, index, segment), launch in zip(segments, launches):
+    for _, launch, where in segment_launches(cases, launches):
         duration = launch.get(DURATION_METRIC)
         unit = launch.get("units", {}).get(DURATION_METRIC, "nsecond")
         if duration is not None:
@@ -194,9 +193,8 @@ def utilization(cases: list[dict], launches: list[dict]) -> list[dict]:
             duration *= TIME_UNITS_US[unit]
         values = {name: launch.get(metric) for name, metric in UTILIZATION.items()}
         known = {k: v for k, v in values.items() if v is not None}
-        rows.append({"case": case_name(case), "segment": index, "layers": segment["last"] - segment["first"],
-                     "tile": f"{segment['th']}x{segment['tw']}", "kernel": launch["kernel"], "duration_us": duration,
-                     **values, "busiest": max(known, key=known.get) if known else None})
+        rows.append({**where, "duration_us": duration, **values,
+                     "busiest": max(known, key=known.get) if known else None})
     return rows
 
 

@@ -10,8 +10,9 @@ namespace cuda {
 namespace {
 
 // Plane 0 from the image (any dtype and strides) or from the previous segment's map; zero outside
-// the image (layer 0's padding). In storage order, padding included (written as zeros, never
-// read), so a warp's stores are 32 consecutive words; a warp reads along an image row.
+// the image (layer 0's padding). In storage order, row padding included (written as zeros, never
+// read), so a warp's stores are 32 consecutive words; a warp reads along an image row. Plane 0 is
+// read by a conv, so its channels are uniformly strided (F32PlaneLayout): index i is its offset.
 __device__ void f32_load_plane(const SegmentParams& p, int64_t n, const Plane& pl, const F32PlaneLayout& l,
                                int channels, float* dst) {
   const float* map = static_cast<const float*>(p.map_in);
@@ -19,19 +20,20 @@ __device__ void f32_load_plane(const SegmentParams& p, int64_t n, const Plane& p
     const int c = i / l.channel_stride, pix = i - c * l.channel_stride;
     const int py = pix / l.pitch, px = pix - py * l.pitch;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = px < pl.cols && py < pl.rows && in_image(y, x, p.height, p.width);
+    const bool inside = px < pl.cols && in_image(y, x, p.height, p.width);
     const float v =
         p.from_image
             ? load_image_if(inside, p.image, n, c, y, x)
             : ld_global_if(inside, map + (inside ? f32_map_offset(n, c, y, x, p.height, p.width, channels) : 0),
                            0.0f);
-    st_shared(dst + l.offset(c) + pix, v);
+    st_shared(dst + i, v);
   }
 }
 
 // The segment's output plane (exactly the tile) to the boundary map, in-image pixels only. In
-// storage order: a lane on row or channel padding reads its row's (or plane's) last pixel (a word
-// its neighbour reads too: one broadcast, no extra wavefront) and stores nothing.
+// storage order (channel by channel: the group skew's gaps are skipped): a lane on row padding
+// reads its row's last pixel (a word its neighbour reads too: one broadcast, no extra wavefront)
+// and stores nothing.
 __device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl, const F32PlaneLayout& l,
                               int channels, const float* src) {
   float* map = static_cast<float*>(p.map_out);
@@ -39,8 +41,8 @@ __device__ void f32_store_map(const SegmentParams& p, int64_t n, const Plane& pl
     const int c = i / l.channel_stride, pix = i - c * l.channel_stride;
     const int py = pix / l.pitch, px = pix - py * l.pitch;
     const int64_t y = pl.y0 + py, x = pl.x0 + px;
-    const bool inside = px < pl.cols && py < pl.rows && in_image(y, x, p.height, p.width);
-    const float v = ld_shared(src + l.offset(c) + imin(py, pl.rows - 1) * l.pitch + imin(px, pl.cols - 1));
+    const bool inside = px < pl.cols && in_image(y, x, p.height, p.width);
+    const float v = ld_shared(src + l.offset(c) + py * l.pitch + imin(px, pl.cols - 1));
     st_global_if(inside, map + (inside ? f32_map_offset(n, c, y, x, p.height, p.width, channels) : 0), v);
   }
 }
